@@ -1,0 +1,51 @@
+"""SwinIR (basicsr's registered arch, official parameter names).
+
+Bottleneck: ``res = conv_after_body(forward_features(conv_first(x))) + conv_first(x)`` at input
+resolution, C = embed_dim; ``feat = z = res``. The rest of the host (upsampler, or the global image
+residual of the denoising/JPEG models) is the decoder. Inputs whose sides are not multiples of the
+window size are reflect-padded and the output cropped, as the official test script does.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from adapters.base import Bottleneck, HostAdapter, register_adapter
+
+
+@register_adapter
+class SwinIRAdapter(HostAdapter):
+    name = "swinir"
+    host_types = ("SwinIR",)
+    image_range = (0.0, 1.0)
+
+    @property
+    def channels(self) -> int:
+        return self.host.embed_dim
+
+    def encode(self, x: torch.Tensor) -> Bottleneck:
+        host = self.host
+        h, w = x.shape[-2:]
+        win = host.layers[0].residual_group.blocks[0].window_size
+        x = F.pad(x, (0, -w % win, 0, -h % win), mode="reflect") if (h % win or w % win) else x
+        x = (x - host.mean.type_as(x)) * host.img_range
+        first = host.conv_first(x)
+        res = host.conv_after_body(host.forward_features(first)) + first
+        return Bottleneck(feat=res, z=res, ctx={"x": x, "size": (h, w)})
+
+    def decode(self, b: Bottleneck) -> torch.Tensor:
+        host, x = self.host, b.z
+        if host.upsampler == "pixelshuffle":
+            x = host.conv_last(host.upsample(host.conv_before_upsample(x)))
+        elif host.upsampler == "pixelshuffledirect":
+            x = host.upsample(x)
+        elif host.upsampler == "nearest+conv":
+            x = host.conv_before_upsample(x)
+            x = host.lrelu(host.conv_up1(F.interpolate(x, scale_factor=2, mode="nearest")))
+            x = host.lrelu(host.conv_up2(F.interpolate(x, scale_factor=2, mode="nearest")))
+            x = host.conv_last(host.lrelu(host.conv_hr(x)))
+        else:
+            x = b.ctx["x"] + host.conv_last(x)
+        x = x / host.img_range + host.mean.type_as(x)
+        h, w = b.ctx["size"]
+        return x[..., : h * host.upscale, : w * host.upscale]

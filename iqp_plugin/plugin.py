@@ -1,0 +1,226 @@
+"""The IQP plug-in: a quality-conditioned Transformer over a dual-branch codebook, injected at a host's
+bottleneck through zero-initialised output layers.
+
+Notation: ``e`` = host encoder features and ``z`` = the host decoder's input at the bottleneck
+(both (B, C, H, W), see ``adapters.base.Bottleneck``); ``s`` in [0, 1]^M = quality score(s);
+``P`` = adaptive average pooling to the token grid (gh, gw) (a fixed ``grid`` or ``H/patch``);
+``U`` = bilinear resize from the grid back to (H, W) (the identity when the sizes agree).
+
+1. Tokens:     ``t = Linear(LN(P(e))) + pos``; ``pos`` is learned on a 16x16 grid and resampled.
+2. Condition:  ``binned`` (the authors' recipe, without their bin-10 overflow):
+               ``t += sum_m E_m[min(floor(n_bins * s_m), n_bins - 1)]``.
+               ``adaln`` (DiT adaLN-zero): ``c = MLP(Fourier(s))``; in every block
+               ``x += g1 * Attn(LN(x) * (1 + a1) + b1)`` and ``x += g2 * MLP(LN(x) * (1 + a2) + b2)``
+               with ``(a1, b1, g1, a2, b2, g2) = Linear(SiLU(c))``, zero-initialised.
+3. Indices:    ``l_c = W_c h`` and ``l_h = W_h h`` from the final tokens ``h``.
+4. Codes:      ``q = C_c[argmax l_c] + w * C_h[argmax l_h]`` (``w`` = ``hq_weight``); when training,
+               straight-through over the code choice: ``hard + soft - stopgrad(soft)``,
+               ``soft = softmax(l) @ C``.
+5. Injection:  ``z' = z + U(W_o (q - P(z)))`` with ``W_o`` a 1x1 convolution whose weight and bias
+               start at zero. Hence a fresh plug-in gives ``z' = z`` and the wrapper reproduces the
+               host exactly; as ``W_o`` learns, ``z'`` moves from the host's own bottleneck towards the
+               decoded codes. For hosts that keep full-resolution features (SwinIR) the correction
+               ``U(...)`` is smooth and is added to, never substituted for, the host's detail.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from timm.layers import Attention, DropPath, Mlp, resample_abs_pos_embed, trunc_normal_
+from torch import nn
+
+from iqp_plugin.codebook import DualCodebook
+
+#: Default configuration; every key can be overridden by ``IQPWrapper(plugin={...})``.
+DEFAULT_PLUGIN = {
+    "dim": 256,              # Transformer width
+    "depth": 4,              # Transformer blocks
+    "heads": 8,
+    "mlp_ratio": 2.0,
+    "drop_path": 0.0,
+    "grid": 16,              # token grid (gh = gw = grid) when patch is None
+    "patch": None,           # or: one token per patch x patch bottleneck pixels (any H, W)
+    "cond": "adaln",         # 'adaln' or 'binned'
+    "num_bins": 10,          # for cond='binned'
+    "num_scores": 1,         # M: length of the score vector (several NR metrics)
+    "common_size": 1024,
+    "hq_size": 1024,
+    "hq_weight": 0.8,
+    "share_host_codebook": False,  # use the host's own codebook as the common branch
+    "target_score": 0.95,    # score asked for at inference when none is given
+}
+
+
+@dataclass
+class PluginOutput:
+    """What one plug-in pass produced; ``z`` goes to the host decoder, the rest feeds the losses."""
+
+    z: torch.Tensor              # (B, C, H, W) new decoder input
+    logits_common: torch.Tensor  # (B, N, K_c)
+    logits_hq: torch.Tensor      # (B, N, K_h)
+    codes: torch.Tensor          # (B, N, C) decoded q
+    grid: tuple[int, int]        # (gh, gw), N = gh * gw
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class QualityBlock(nn.Module):
+    """Pre-norm Transformer block; with ``adaln`` its residual branches are modulated and gated by c."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, drop_path: float, adaln: bool):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=not adaln, eps=1e-6)
+        self.attn = Attention(dim, num_heads=heads, qkv_bias=True)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=not adaln, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim)) if adaln else None
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        if self.modulation is None:
+            x = x + self.drop_path(self.attn(self.norm1(x)))
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c).unsqueeze(1).chunk(6, dim=-1)
+        x = x + self.drop_path(gate1 * self.attn(_modulate(self.norm1(x), shift1, scale1)))
+        return x + self.drop_path(gate2 * self.mlp(_modulate(self.norm2(x), shift2, scale2)))
+
+
+class ScoreEmbedding(nn.Module):
+    """Fourier features of M scores in [0, 1] -> a conditioning vector (adaLN mode)."""
+
+    def __init__(self, num_scores: int, dim: int, frequencies: int = 16):
+        super().__init__()
+        self.register_buffer("freqs", math.pi * torch.arange(1, frequencies + 1).float(), persistent=False)
+        self.mlp = Mlp(num_scores * (2 * frequencies + 1), dim, dim, act_layer=nn.SiLU)
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        angles = s.unsqueeze(-1) * self.freqs
+        feats = torch.cat([s.unsqueeze(-1), angles.sin(), angles.cos()], dim=-1)
+        return self.mlp(feats.flatten(1))
+
+
+class BinnedScoreEmbedding(nn.Module):
+    """The authors' binned additive embedding, one table per metric, with score 1.0 in the top bin."""
+
+    def __init__(self, num_scores: int, dim: int, num_bins: int):
+        super().__init__()
+        self.num_bins = num_bins
+        self.tables = nn.Parameter(torch.zeros(num_scores, num_bins, dim))
+        trunc_normal_(self.tables, std=0.02)
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        bins = (s * self.num_bins).floor().long().clamp(0, self.num_bins - 1)  # (B, M)
+        metric = torch.arange(s.shape[1], device=s.device).expand_as(bins)
+        return self.tables[metric, bins].sum(dim=1)  # (B, dim)
+
+
+class IQPPlugin(nn.Module):
+    """Quality-conditioned Transformer + dual codebook + zero-initialised injection (see module doc)."""
+
+    def __init__(self, channels: int, *, host_codebook=None, **overrides):
+        super().__init__()
+        unknown = set(overrides) - set(DEFAULT_PLUGIN)
+        if unknown:
+            raise ValueError(f"Unknown plugin option(s) {sorted(unknown)}; valid options: {sorted(DEFAULT_PLUGIN)}.")
+        cfg = {**DEFAULT_PLUGIN, **overrides}
+        if cfg["cond"] not in ("adaln", "binned"):
+            raise ValueError(f"plugin cond must be 'adaln' or 'binned', got {cfg['cond']!r}.")
+        if cfg["share_host_codebook"] and host_codebook is None:
+            raise ValueError("plugin share_host_codebook: true, but this host has no codebook of its own.")
+        self.cfg = cfg
+        dim = cfg["dim"]
+        adaln = cfg["cond"] == "adaln"
+        self.in_norm = nn.LayerNorm(channels)
+        self.in_proj = nn.Linear(channels, dim)
+        self.pos = nn.Parameter(torch.zeros(1, 16 * 16, dim))
+        trunc_normal_(self.pos, std=0.02)
+        if adaln:
+            self.score_embed = ScoreEmbedding(cfg["num_scores"], dim)
+        else:
+            self.score_embed = BinnedScoreEmbedding(cfg["num_scores"], dim, cfg["num_bins"])
+        self.blocks = nn.ModuleList(
+            QualityBlock(dim, cfg["heads"], cfg["mlp_ratio"], cfg["drop_path"] * i / max(cfg["depth"] - 1, 1), adaln)
+            for i in range(cfg["depth"]))
+        self.out_norm = nn.LayerNorm(dim, elementwise_affine=not adaln, eps=1e-6)
+        self.out_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim)) if adaln else None
+        self.codebook = DualCodebook(channels, cfg["common_size"], cfg["hq_size"], cfg["hq_weight"],
+                                     host_codebook if cfg["share_host_codebook"] else None)
+        self.head_common = nn.Linear(dim, self.codebook.common.size)
+        self.head_hq = nn.Linear(dim, cfg["hq_size"])
+        self.out_conv = nn.Conv2d(channels, channels, 1)
+        self.mode = "straight_through"  # code selection while training; eval always uses 'hard'
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        mods = [b.modulation for b in self.blocks if b.modulation is not None]
+        for mod in mods + ([self.out_modulation] if self.out_modulation is not None else []):
+            nn.init.zeros_(mod[-1].weight)
+            nn.init.zeros_(mod[-1].bias)
+        nn.init.zeros_(self.out_conv.weight)
+        nn.init.zeros_(self.out_conv.bias)
+
+    def grid_size(self, height: int, width: int) -> tuple[int, int]:
+        """Token grid (gh, gw) for a bottleneck of size (H, W)."""
+        patch = self.cfg["patch"]
+        if patch is None:
+            return self.cfg["grid"], self.cfg["grid"]
+        return max(1, math.ceil(height / patch)), max(1, math.ceil(width / patch))
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """P: (B, C, H, W) bottleneck tensor -> (B, N, C) tokens on the plug-in's grid."""
+        grid = self.grid_size(*x.shape[-2:])
+        if tuple(x.shape[-2:]) != grid:
+            x = F.adaptive_avg_pool2d(x, grid)
+        return rearrange(x, "b c h w -> b (h w) c")
+
+    def scores(self, score, batch: int, device: torch.device) -> torch.Tensor:
+        """Normalise ``score`` (None, float, (B,) or (B, M)) to a (B, M) tensor in [0, 1]."""
+        m = self.cfg["num_scores"]
+        s = torch.as_tensor(self.cfg["target_score"] if score is None else score, dtype=torch.float32, device=device)
+        if s.dim() == 0:
+            s = s.expand(batch)
+        if s.dim() == 1:
+            s = s.unsqueeze(1).expand(-1, m) if s.shape[0] == batch else s.unsqueeze(0).expand(batch, -1)
+        if s.shape != (batch, m):
+            raise ValueError(f"score must be a float, a ({batch},) or a ({batch}, {m}) tensor, got shape {tuple(s.shape)}.")
+        if not torch.isfinite(s).all() or s.min() < 0 or s.max() > 1:
+            raise ValueError("score values must lie in [0, 1] (normalised NR-IQA scores, higher = better).")
+        return s
+
+    def predict(self, feat: torch.Tensor, score=None) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """Index logits over both codebooks for bottleneck features ``feat`` at the given score."""
+        grid = self.grid_size(*feat.shape[-2:])
+        x = self.in_proj(self.in_norm(self.pool(feat)))
+        x = x + resample_abs_pos_embed(self.pos, list(grid), num_prefix_tokens=0)
+        s = self.scores(score, feat.shape[0], feat.device)
+        c = self.score_embed(s)
+        if self.out_modulation is None:  # binned: additive condition on every token
+            x, c = x + c.unsqueeze(1), None
+        for block in self.blocks:
+            x = block(x, c)
+        x = self.out_norm(x)
+        if self.out_modulation is not None:
+            shift, scale = self.out_modulation(c).unsqueeze(1).chunk(2, dim=-1)
+            x = _modulate(x, shift, scale)
+        return self.head_common(x), self.head_hq(x), grid
+
+    def forward(self, feat: torch.Tensor, z: torch.Tensor, score=None) -> PluginOutput:
+        """Predict codes from ``feat`` and return the decoder input ``z' = z + U(W_o (q - P(z)))``."""
+        logits_c, logits_h, grid = self.predict(feat, score)
+        codes = self.codebook.decode(logits_c, logits_h, self.mode if self.training else "hard")
+        delta = rearrange(codes - self.pool(z), "b (h w) c -> b c h w", h=grid[0], w=grid[1])
+        delta = self.out_conv(delta)
+        if tuple(z.shape[-2:]) != grid:
+            delta = F.interpolate(delta, size=z.shape[-2:], mode="bilinear", align_corners=False)
+        return PluginOutput(z + delta, logits_c, logits_h, codes, grid)

@@ -1,0 +1,55 @@
+"""Train with BasicSR's pipeline and the project's registrations.
+
+    python -m iqp_plugin.train -opt configs/X.yml [--auto_resume] [--launcher pytorch] [--force_yml k=v]
+    torchrun --nproc_per_node 2 -m iqp_plugin.train -opt configs/X.yml --launcher pytorch
+
+Experiments are written under ``./experiments/<name>`` of the current directory.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import yaml
+
+import iqp_plugin  # noqa: F401  (registers the project's archs, models and datasets)
+from iqp_plugin import basicsr_cpu
+from iqp_plugin.registry import check_option_types
+
+
+def read_options(path: str) -> dict:
+    """Read a BasicSR option YAML, with clear errors for a missing or malformed file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Option file not found: {path}. Pass an existing YAML with -opt (see configs/).")
+    with open(path, encoding="utf-8") as f:
+        try:
+            opt = yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            raise ValueError(f"Option file {path} is not valid YAML: {err}") from err
+    if not isinstance(opt, dict):
+        raise ValueError(f"Option file {path} must hold a mapping of options, got {type(opt).__name__}.")
+    for key in ("name", "model_type", "datasets", "path", "train"):
+        if key not in opt:
+            raise ValueError(f"Option file {path} lacks the required key '{key}'.")
+    return opt
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("-opt", required=True)
+    known, _ = pre.parse_known_args(argv)
+    check_option_types(read_options(known.opt))
+
+    basicsr_cpu.patch()
+    from basicsr.train import train_pipeline
+
+    sys.argv = [sys.argv[0], *argv]
+    train_pipeline(os.getcwd())
+
+
+if __name__ == "__main__":
+    from iqp_plugin.cli import run
+
+    run(main)

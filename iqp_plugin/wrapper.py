@@ -1,0 +1,73 @@
+"""``IQPWrapper``: a BasicSR arch that runs a frozen host with the IQP plug-in at its bottleneck.
+
+    network_g:
+      type: IQPWrapper
+      host: {type: SwinIR, upscale: 4, img_size: 64, ...}   # any registered BasicSR arch
+      host_checkpoint: weights/host.pth                      # params_ema / params / state_dict / safetensors
+      adapter: null                                          # chosen from the host type, or 'hook'
+      adapter_opt: {}                                        # e.g. {at: conv_after_body} for 'hook'
+      plugin: {}                                             # null: bare host; {}: defaults (DEFAULT_PLUGIN)
+
+Data path: ``host encoder -> plug-in(feat, z, score) -> host decoder``. The host is frozen (no
+gradients, always in eval mode) and never modified; only ``plugin`` is trainable.
+"""
+from __future__ import annotations
+
+import torch
+from basicsr.utils.registry import ARCH_REGISTRY
+from torch import nn
+
+from adapters import Bottleneck, adapter_for
+from iqp_plugin.checkpoint import load_weights
+from iqp_plugin.plugin import IQPPlugin, PluginOutput
+from iqp_plugin.registry import build_arch
+
+
+@ARCH_REGISTRY.register()
+class IQPWrapper(nn.Module):
+    """Host restorer + IQP plug-in. ``plugin=None`` gives the bare host through its adapter."""
+
+    def __init__(self, host: dict, plugin: dict | None = None, host_checkpoint: str | None = None,
+                 adapter: str | None = None, adapter_opt: dict | None = None):
+        super().__init__()
+        self.host = build_arch(host, where="host")
+        if host_checkpoint:
+            load_weights(self.host, host_checkpoint)
+        self.host.requires_grad_(False).eval()
+        self.host_checkpoint = host_checkpoint
+        self.adapter = adapter_for(self.host, adapter, adapter_opt)
+        self.plugin = None
+        if plugin is not None:
+            self.plugin = IQPPlugin(self.adapter.channels, host_codebook=self.adapter.codebook, **plugin)
+
+    def train(self, mode: bool = True) -> "IQPWrapper":
+        super().train(mode)
+        self.host.eval()
+        return self
+
+    def forward(self, lq: torch.Tensor, score=None, **host_kwargs) -> torch.Tensor:
+        """Restore ``lq`` (in the host's image range) asking the plug-in for quality ``score``."""
+        return self.restore(lq, score, **host_kwargs)[0]
+
+    def restore(self, lq: torch.Tensor, score=None, **host_kwargs) -> tuple[torch.Tensor, PluginOutput | None]:
+        """Like ``forward`` but also returns the plug-in's logits and codes (for training losses)."""
+        aux: list[PluginOutput] = []
+
+        def inject(b: Bottleneck) -> torch.Tensor:
+            aux.append(self.plugin(b.feat, b.z, score))
+            return aux[-1].z
+
+        out = self.adapter.run(lq, inject if self.plugin is not None else None, **host_kwargs)
+        return out, (aux[-1] if aux else None)
+
+    def plugin_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only the plug-in's weights and codebooks (host weights are referred to, never copied)."""
+        if self.plugin is None:
+            raise ValueError("This wrapper was built with plugin=None: there is no plug-in state.")
+        return {k: v.detach().clone() for k, v in self.plugin.state_dict().items()}
+
+    def load_plugin_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load plug-in weights saved by :meth:`plugin_state_dict` (strict)."""
+        if self.plugin is None:
+            raise ValueError("This wrapper was built with plugin=None: build it with plugin={...} first.")
+        self.plugin.load_state_dict(state, strict=True)
