@@ -38,7 +38,9 @@ class IQPWrapper(nn.Module):
         self.adapter = adapter_for(self.host, adapter, adapter_opt)
         self.plugin = None
         if plugin is not None:
-            self.plugin = IQPPlugin(self.adapter.channels, host_codebook=self.adapter.codebook, **plugin)
+            has_codebook = self.adapter.codebook() is not None
+            self.plugin = IQPPlugin(self.adapter.channels, host_codebook=self.adapter.codebook if has_codebook else None,
+                                    **plugin)
 
     def train(self, mode: bool = True) -> "IQPWrapper":
         super().train(mode)

@@ -1,0 +1,269 @@
+"""BasicSR datasets that return GT quality scores next to the usual ``lq``/``gt`` pair.
+
+``IQPDegradedDataset`` reads HQ images only and degrades them online the way CodeFormer does
+(blur, downsample, Gaussian noise, JPEG; the defaults are the IQPIR authors' ranges).
+``IQPPairedDataset`` reads LQ/GT folders.
+Both add ``score`` (a float32 scalar tensor) when ``score_csv`` is given, taken from the CSV written by
+the scoring step: columns ``imagename`` (path relative to ``dataroot_gt``, posix separators) and ``score``.
+
+Images are read as basicsr does (``cv2.IMREAD_COLOR``): grayscale, RGBA and 16-bit files become 8-bit BGR.
+Randomness (crop, flip, degradation) comes from Python's and NumPy's global generators, which BasicSR seeds
+per worker; with an integer ``seed`` option, sample ``index`` depends only on ``(seed, epoch, index)``
+(``set_epoch`` sets the epoch, 0 by default), and the global generators are left untouched.
+"""
+from __future__ import annotations
+
+import math
+import random
+import re
+from contextlib import contextmanager
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from basicsr.data import degradations
+from basicsr.data.transforms import augment, paired_random_crop
+from basicsr.utils import imfrombytes, img2tensor
+from basicsr.utils.registry import DATASET_REGISTRY
+from torch.utils import data
+
+from iqp_plugin.scoring import load_scores
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def list_images(folder: str | Path) -> list[str]:
+    """Sorted posix paths, relative to ``folder``, of the image files under it (recursive)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"Image folder not found: {root}")
+    names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not names:
+        raise FileNotFoundError(f"No images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
+    return names
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image as basicsr does: HWC BGR float32 in [0, 1], 3 channels, whatever the file's depth."""
+    img = imfrombytes(Path(path).read_bytes(), float32=True)
+    if img is None:
+        raise ValueError(f"Cannot decode image {path}")
+    return img
+
+
+def scores_for(names: list[str], csv_path: str | Path | None) -> list[float] | None:
+    """Scores of ``names`` from ``csv_path`` (None without a CSV); every name must have one in [0, 1]."""
+    if csv_path is None:
+        return None
+    try:
+        table = load_scores(csv_path)
+    except KeyError as err:
+        raise ValueError(f"{csv_path} needs the columns 'imagename' and 'score' (no {err})") from err
+    missing = [n for n in names if n not in table]
+    if missing:
+        raise ValueError(f"{len(missing)} of {len(names)} images have no score in {csv_path}, "
+                       f"e.g. {', '.join(missing[:5])}. Score the folder again.")
+    bad = [n for n in names if not 0.0 <= table[n] <= 1.0]
+    if bad:
+        raise ValueError(f"Scores must lie in [0, 1] in {csv_path}; {bad[0]} has {table[bad[0]]}")
+    return [table[n] for n in names]
+
+
+def _resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    shrink = width * height < img.shape[0] * img.shape[1]
+    out = cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+    return np.clip(out, 0, 1)
+
+
+def fit_square(img: np.ndarray, size: int, mode: str) -> np.ndarray:
+    """Make a ``size`` x ``size`` image.
+
+    ``mode`` 'resize' resizes the central square (aligned faces); 'random' / 'center' crop a patch,
+    after upscaling images whose short side is under ``size``.
+    """
+    h, w = img.shape[:2]
+    if mode == "resize":
+        s = min(h, w)
+        top, left = (h - s) // 2, (w - s) // 2
+        return _resize(img[top:top + s, left:left + s], size, size)
+    if min(h, w) < size:
+        f = size / min(h, w)
+        img = _resize(img, max(size, round(w * f)), max(size, round(h * f)))
+        h, w = img.shape[:2]
+    top, left = ((random.randint(0, h - size), random.randint(0, w - size)) if mode == "random"
+                 else ((h - size) // 2, (w - size) // 2))
+    return img[top:top + size, left:left + size]
+
+
+@contextmanager
+def seeded(*key: int | None):
+    """Seed Python's and NumPy's global generators from ``key`` inside the block, restoring them after.
+
+    Does nothing when the first element (the seed) is None.
+    """
+    if key[0] is None:
+        yield
+        return
+    state = random.getstate(), np.random.get_state()
+    np.random.seed([int(k) for k in key])
+    random.seed(int(np.random.randint(2**31)))
+    try:
+        yield
+    finally:
+        random.setstate(state[0])
+        np.random.set_state(state[1])
+
+
+class _ScoredFolder(data.Dataset):
+    """Shared option handling: phase, seed, epoch, image range, scores."""
+
+    def __init__(self, opt: dict):
+        super().__init__()
+        self.opt = opt  # BasicSR's validation reads dataset.opt['name']
+        backend = (opt.get("io_backend") or {}).get("type", "disk")
+        if backend != "disk":
+            raise ValueError(f"{type(self).__name__} reads image folders only (io_backend type 'disk'), got {backend!r}")
+        self.train = opt.get("phase", "train") == "train"
+        self.seed = opt.get("seed", None if self.train else 0)
+        self.epoch = 0
+        self.gt_root = Path(opt["dataroot_gt"])
+        self.gt_names = list_images(self.gt_root)
+        self.scores = scores_for(self.gt_names, opt.get("score_csv"))
+        self.scale = int(opt.get("scale", 1))
+        self.gt_size = opt.get("gt_size")
+        self.use_hflip = opt.get("use_hflip", self.train)
+        low, high = opt.get("image_range", [0, 1])
+        self.range = float(low), float(high)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch that seeded samples depend on."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.gt_names)
+
+    def _pack(self, index: int, lq: np.ndarray, gt: np.ndarray, lq_path: Path) -> dict:
+        low, high = self.range
+        lq, gt = (t * (high - low) + low for t in img2tensor([lq, gt], bgr2rgb=True, float32=True))
+        out = {"lq": lq, "gt": gt, "lq_path": str(lq_path), "gt_path": str(self.gt_root / self.gt_names[index])}
+        if self.scores is not None:
+            out["score"] = torch.tensor(self.scores[index], dtype=torch.float32)
+        return out
+
+
+@DATASET_REGISTRY.register()
+class IQPDegradedDataset(_ScoredFolder):
+    """HQ image folder with online CodeFormer-style degradations (blur, downsample, noise, JPEG).
+
+    Options (defaults in brackets): dataroot_gt; score_csv [None]; gt_size [512];
+    use_crop [False: resize the central square of each image to gt_size (aligned faces); True: crop a
+    gt_size patch, random in training, central otherwise]; scale [1]; lq_downscale [scale > 1: LQ is
+    gt_size // scale (SR hosts); False: LQ is resized back to gt_size (face hosts)];
+    blur_kernel_size [41]; kernel_list [['iso', 'aniso']]; kernel_prob [[0.5, 0.5]]; blur_sigma [[1, 15]];
+    downsample_range [[4, 30]]; noise_range [[0, 20]] (0-255 scale, None to skip);
+    jpeg_range [[30, 80]] (None to skip); use_hflip [True in training]; image_range [[0, 1]], e.g. [-1, 1];
+    phase ['train']; seed [None in training, 0 otherwise].
+
+    Returns dict(lq, gt: CHW RGB float tensors in image_range, lq_path (= gt_path), gt_path,
+    score: float32 scalar tensor, only with score_csv).
+    """
+
+    def __init__(self, opt: dict):
+        super().__init__(opt)
+        self.gt_size = int(self.gt_size or 512)
+        self.lq_downscale = opt.get("lq_downscale", self.scale > 1)
+        if self.lq_downscale and self.gt_size % self.scale:
+            raise ValueError(f"gt_size {self.gt_size} is not a multiple of scale {self.scale}")
+        self.fit_mode = ("random" if self.train else "center") if opt.get("use_crop", False) else "resize"
+        self.kernel_list = opt.get("kernel_list", ["iso", "aniso"])
+        self.kernel_prob = opt.get("kernel_prob", [0.5, 0.5])
+        self.blur_kernel_size = int(opt.get("blur_kernel_size", 41))
+        self.blur_sigma = opt.get("blur_sigma", [1, 15])
+        self.downsample_range = opt.get("downsample_range", [4, 30])
+        self.noise_range = opt.get("noise_range", [0, 20])
+        self.jpeg_range = opt.get("jpeg_range", [30, 80])
+
+    def degrade(self, gt: np.ndarray) -> np.ndarray:
+        """Degrade a square HWC BGR [0, 1] image with the current random state; returns the LQ image."""
+        kernel = degradations.random_mixed_kernels(self.kernel_list, self.kernel_prob, self.blur_kernel_size,
+                                                   self.blur_sigma, self.blur_sigma, [-math.pi, math.pi])
+        lq = cv2.filter2D(gt, -1, kernel)
+        factor = np.random.uniform(*self.downsample_range)
+        small = max(1, int(self.gt_size // factor))
+        lq = cv2.resize(lq, (small, small), interpolation=cv2.INTER_LINEAR)
+        if self.noise_range is not None:
+            lq = degradations.random_add_gaussian_noise(lq, self.noise_range)
+        if self.jpeg_range is not None:
+            # not basicsr's add_jpg_compression: OpenCV 5 rejects its float quality and warns on float pixels
+            quality = int(np.random.uniform(*self.jpeg_range))
+            _, buf = cv2.imencode(".jpg", (np.clip(lq, 0, 1) * 255).round().astype(np.uint8),
+                                  [cv2.IMWRITE_JPEG_QUALITY, quality])
+            lq = cv2.imdecode(buf, cv2.IMREAD_COLOR).astype(np.float32) / 255.0
+        out = self.gt_size // self.scale if self.lq_downscale else self.gt_size
+        return np.clip(cv2.resize(lq, (out, out), interpolation=cv2.INTER_LINEAR), 0, 1)
+
+    def __getitem__(self, index: int) -> dict:
+        path = self.gt_root / self.gt_names[index]
+        with seeded(self.seed, self.epoch, index):
+            gt = fit_square(read_image(path), self.gt_size, self.fit_mode)
+            gt = augment(np.ascontiguousarray(gt), hflip=self.use_hflip, rotation=False)
+            lq = self.degrade(gt)
+        return self._pack(index, lq, gt, path)
+
+
+def _pair_key(name: str) -> str:
+    """Name without extension and without a trailing _HR/_LR/_GT/_LQ or x2..x8 tag (Set5, DIV2K names)."""
+    stem = name.rsplit(".", 1)[0]
+    return re.sub(r"(?i)([_-](hr|lr|gt|lq))?(((?<=\d)|[_-])x[1-8])?$", "", stem)
+
+
+@DATASET_REGISTRY.register()
+class IQPPairedDataset(_ScoredFolder):
+    """Paired LQ/GT folders, matched by file name stem (a trailing _HR/_LR/_GT/_LQ or x4-style tag is ignored).
+
+    Options (defaults in brackets): dataroot_lq; dataroot_gt; score_csv [None] (keyed by GT name);
+    scale [1] (GT size = scale x LQ size); gt_size [None: whole images; in training a paired random
+    gt_size crop, otherwise a central one]; use_hflip [True in training]; use_rot [False];
+    image_range [[0, 1]]; phase ['train']; seed [None in training, 0 otherwise].
+
+    Returns dict(lq, gt, lq_path, gt_path, score (only with score_csv)).
+    """
+
+    def __init__(self, opt: dict):
+        super().__init__(opt)
+        self.lq_root = Path(opt["dataroot_lq"])
+        lq_names = list_images(self.lq_root)
+        lq_by_key = {_pair_key(n): n for n in lq_names}
+        gt_keys = [_pair_key(n) for n in self.gt_names]
+        if len(lq_by_key) < len(lq_names) or len(set(gt_keys)) < len(gt_keys):
+            raise ValueError(f"Two files share a name stem in {self.lq_root} or {self.gt_root}; pairing is ambiguous")
+        unmatched_gt = [n for n, k in zip(self.gt_names, gt_keys) if k not in lq_by_key]
+        unmatched_lq = sorted(set(lq_by_key.values()) - {lq_by_key.get(k) for k in gt_keys})
+        if unmatched_gt or unmatched_lq:
+            raise ValueError(f"Unmatched files between {self.gt_root} and {self.lq_root}: "
+                             f"GT without LQ: {unmatched_gt[:5]} ({len(unmatched_gt)}), "
+                             f"LQ without GT: {unmatched_lq[:5]} ({len(unmatched_lq)})")
+        self.lq_names = [lq_by_key[k] for k in gt_keys]
+        self.use_rot = opt.get("use_rot", False)
+
+    def __getitem__(self, index: int) -> dict:
+        lq_path = self.lq_root / self.lq_names[index]
+        gt_path = self.gt_root / self.gt_names[index]
+        lq, gt = read_image(lq_path), read_image(gt_path)
+        gt = gt[:lq.shape[0] * self.scale, :lq.shape[1] * self.scale]
+        if gt.shape[:2] != (lq.shape[0] * self.scale, lq.shape[1] * self.scale):
+            raise ValueError(f"GT {gt_path} is smaller than {self.scale} x LQ {lq_path} {lq.shape[:2]}")
+        with seeded(self.seed, self.epoch, index):
+            if self.train:
+                if self.gt_size:
+                    gt, lq = paired_random_crop(gt, lq, self.gt_size, self.scale, str(gt_path))
+                gt, lq = augment([np.ascontiguousarray(gt), np.ascontiguousarray(lq)],
+                                 hflip=self.use_hflip, rotation=self.use_rot)
+            elif self.gt_size:
+                s = self.gt_size // self.scale
+                top, left = (lq.shape[0] - s) // 2, (lq.shape[1] - s) // 2
+                lq = lq[top:top + s, left:left + s]
+                gt = gt[top * self.scale:(top + s) * self.scale, left * self.scale:(left + s) * self.scale]
+        return self._pack(index, np.ascontiguousarray(lq), np.ascontiguousarray(gt), lq_path)

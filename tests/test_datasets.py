@@ -1,0 +1,201 @@
+"""Tests of iqp_plugin.datasets: online degradations, paired folders, scores, odd image formats."""
+import csv
+import random
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import iqp_plugin  # noqa: F401  (before basicsr: torchvision alias and registrations)
+from basicsr.data import build_dataset
+from iqp_plugin.datasets import IQPDegradedDataset, IQPPairedDataset
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REAL_FACES, SET5 = SHARED_DATA / "faces_hq_celeba128", SHARED_DATA / "sr_set5_x4"
+NO_SHARED_DATA = f"shared data folder {SHARED_DATA} is absent (it exists only on the project's own machines)"
+
+
+def _image(size, seed, channels=3):
+    rng = np.random.default_rng(seed)
+    img = cv2.GaussianBlur(rng.uniform(0, 255, (size[0], size[1], channels)).astype(np.float32), (0, 0), 2)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _write_scores(path, scores):
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["imagename", "niqe", "score"])
+        for name, score in scores.items():
+            writer.writerow([name, 5.0, score])
+    return str(path)
+
+
+@pytest.fixture
+def hq_folder(tmp_path):
+    root = tmp_path / "hq"
+    (root / "sub").mkdir(parents=True)
+    for i in range(3):
+        cv2.imwrite(str(root / f"img{i}.png"), _image((80, 72), i))
+    cv2.imwrite(str(root / "sub" / "small.jpg"), _image((40, 40), 9))
+    return root
+
+
+def _degraded(root, **opt):
+    return IQPDegradedDataset({"dataroot_gt": str(root), "gt_size": 64, "phase": "val", **opt})
+
+
+def test_degradation_is_deterministic_per_seed_epoch_index(hq_folder):
+    ds = _degraded(hq_folder, phase="train", seed=7)
+    first = ds[1]["lq"]
+    assert torch.equal(first, _degraded(hq_folder, phase="train", seed=7)[1]["lq"])
+    assert not torch.equal(first, ds[2]["lq"])
+    assert not torch.equal(first, _degraded(hq_folder, phase="train", seed=8)[1]["lq"])
+    ds.set_epoch(1)
+    assert not torch.equal(first, ds[1]["lq"])
+    ds.set_epoch(0)
+    assert torch.equal(first, ds[1]["lq"])
+
+
+def test_seeded_sample_leaves_global_rng_alone_and_unseeded_uses_it(hq_folder):
+    random.seed(3), np.random.seed(3)
+    expected = random.random(), np.random.rand()
+    random.seed(3), np.random.seed(3)
+    _degraded(hq_folder, seed=0)[0]
+    assert (random.random(), np.random.rand()) == expected
+    ds = _degraded(hq_folder, phase="train")
+    assert ds.seed is None
+    np.random.seed(5), random.seed(5)
+    a = ds[0]["lq"]
+    np.random.seed(5), random.seed(5)
+    assert torch.equal(a, ds[0]["lq"])
+
+
+def test_face_and_sr_shapes_and_lq_differs(hq_folder):
+    face = _degraded(hq_folder)[0]
+    assert face["lq"].shape == face["gt"].shape == (3, 64, 64)
+    assert (face["lq"] - face["gt"]).abs().mean() > 0.01
+    assert face["lq_path"] == face["gt_path"] and "score" not in face
+    sr = _degraded(hq_folder, scale=4)[0]
+    assert sr["lq"].shape == (3, 16, 16) and sr["gt"].shape == (3, 64, 64)
+    assert _degraded(hq_folder, scale=4, lq_downscale=False)[0]["lq"].shape == (3, 64, 64)
+    with pytest.raises(ValueError, match="multiple of scale"):
+        _degraded(hq_folder, scale=3)
+
+
+def test_image_range_minus_one_to_one(hq_folder):
+    unit, signed = _degraded(hq_folder)[0], _degraded(hq_folder, image_range=[-1, 1])[0]
+    for key in ("lq", "gt"):
+        assert signed[key].min() >= -1 and signed[key].max() <= 1 and signed[key].min() < 0
+        torch.testing.assert_close(signed[key], unit[key] * 2 - 1)
+
+
+def test_scores_are_returned_and_missing_ones_named(hq_folder, tmp_path):
+    names = ["img0.png", "img1.png", "img2.png", "sub/small.jpg"]
+    csv_path = _write_scores(tmp_path / "scores.csv", {n: 0.1 * (i + 1) for i, n in enumerate(names)})
+    ds = _degraded(hq_folder, score_csv=csv_path)
+    assert ds[3]["gt_path"].endswith("small.jpg") and ds[3]["score"].dtype == torch.float32
+    torch.testing.assert_close(ds[3]["score"], torch.tensor(0.4))
+    partial = _write_scores(tmp_path / "partial.csv", {"img0.png": 0.5})
+    with pytest.raises(ValueError, match=r"img1\.png") as err:
+        _degraded(hq_folder, score_csv=partial)
+    assert "partial.csv" in str(err.value) and "sub/small.jpg" in str(err.value)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        _degraded(hq_folder, score_csv=_write_scores(tmp_path / "bad.csv", {n: 3.0 for n in names}))
+    (tmp_path / "nocol.csv").write_text("imagename,niqe\nimg0.png,4.0\n")
+    with pytest.raises(ValueError, match="'score'"):
+        _degraded(hq_folder, score_csv=str(tmp_path / "nocol.csv"))
+
+
+def test_grayscale_16bit_rgba_and_small_images_load(tmp_path):
+    root = tmp_path / "odd"
+    root.mkdir()
+    cv2.imwrite(str(root / "gray.png"), cv2.cvtColor(_image((70, 70), 1), cv2.COLOR_BGR2GRAY))
+    cv2.imwrite(str(root / "deep.png"), _image((70, 70), 2).astype(np.uint16) * 257)
+    cv2.imwrite(str(root / "rgba.png"), _image((70, 70), 3, 4))
+    cv2.imwrite(str(root / "tiny.png"), _image((20, 30), 4))
+    stored = {p.name: cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in root.iterdir()}
+    assert stored["gray.png"].ndim == 2 and stored["rgba.png"].shape[2] == 4
+    assert stored["deep.png"].dtype == np.uint16
+    for use_crop in (False, True):
+        ds = _degraded(root, use_crop=use_crop)
+        for i in range(len(ds)):
+            sample = ds[i]
+            assert sample["gt"].shape == sample["lq"].shape == (3, 64, 64)
+            assert 0 <= sample["gt"].min() and sample["gt"].max() <= 1
+    deep = _degraded(root, gt_size=70)[0]  # 16-bit file, no resize: exactly the 8-bit values
+    expected = _image((70, 70), 2)[:, :, ::-1].astype(np.float32) / 255
+    np.testing.assert_allclose(deep["gt"].permute(1, 2, 0).numpy(), expected, atol=1e-6)
+
+
+@pytest.fixture
+def paired_folders(tmp_path):
+    gt, lq = tmp_path / "HR", tmp_path / "LR"
+    gt.mkdir(), lq.mkdir()
+    for i in range(3):
+        hr = _image((48, 40), i)
+        cv2.imwrite(str(gt / f"img_{i:03d}_HR.png"), hr)
+        cv2.imwrite(str(lq / f"img_{i:03d}_LR.png"), cv2.resize(hr, (10, 12), interpolation=cv2.INTER_AREA))
+    return gt, lq
+
+
+def test_paired_matching_crop_and_scores(paired_folders, tmp_path):
+    gt, lq = paired_folders
+    scores = _write_scores(tmp_path / "s.csv", {f"img_{i:03d}_HR.png": 0.3 for i in range(3)})
+    opt = {"dataroot_gt": str(gt), "dataroot_lq": str(lq), "scale": 4, "score_csv": scores}
+    val = IQPPairedDataset({**opt, "phase": "val"})
+    sample = val[2]
+    assert sample["lq_path"].endswith("img_002_LR.png") and sample["gt_path"].endswith("img_002_HR.png")
+    assert sample["lq"].shape == (3, 12, 10) and sample["gt"].shape == (3, 48, 40)
+    assert val[0]["score"].item() == pytest.approx(0.3)
+    assert IQPPairedDataset({**opt, "phase": "val", "gt_size": 32})[0]["gt"].shape == (3, 32, 32)
+    train = IQPPairedDataset({**opt, "phase": "train", "gt_size": 32, "use_rot": True, "seed": 1})
+    a, b = train[1], train[1]
+    assert a["lq"].shape == (3, 8, 8) and a["gt"].shape == (3, 32, 32)
+    assert torch.equal(a["gt"], b["gt"]) and torch.equal(a["lq"], b["lq"])
+
+
+def test_paired_unmatched_files_are_listed(paired_folders):
+    gt, lq = paired_folders
+    cv2.imwrite(str(lq / "stray.png"), _image((12, 10), 5))
+    (gt / "img_001_HR.png").unlink()
+    with pytest.raises(ValueError, match="Unmatched") as err:
+        IQPPairedDataset({"dataroot_gt": str(gt), "dataroot_lq": str(lq), "scale": 4})
+    assert "img_001_LR.png" in str(err.value) and "stray.png" in str(err.value)
+
+
+def test_build_dataset_by_type_name_and_collate(hq_folder, tmp_path):
+    names = ["img0.png", "img1.png", "img2.png", "sub/small.jpg"]
+    scores = _write_scores(tmp_path / "scores.csv", dict.fromkeys(names, 0.9))
+    ds = build_dataset({"name": "toy", "type": "IQPDegradedDataset", "dataroot_gt": str(hq_folder),
+                        "io_backend": {"type": "disk"}, "gt_size": 32, "phase": "train", "score_csv": scores})
+    assert isinstance(ds, IQPDegradedDataset) and len(ds) == 4
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
+    assert batch["lq"].shape == (4, 3, 32, 32) and batch["score"].shape == (4,)
+    with pytest.raises(ValueError, match="disk"):
+        build_dataset({"name": "toy", "type": "IQPDegradedDataset", "dataroot_gt": str(hq_folder),
+                       "io_backend": {"type": "lmdb"}})
+
+
+@pytest.mark.skipif(not REAL_FACES.is_dir(), reason=NO_SHARED_DATA)
+def test_real_faces_degrade_deterministically():
+    ds = IQPDegradedDataset({"dataroot_gt": str(REAL_FACES), "gt_size": 128, "phase": "val",
+                             "image_range": [-1, 1]})
+    assert len(ds) == 900
+    for i in (0, 450, 899):
+        sample = ds[i]
+        assert sample["lq"].shape == sample["gt"].shape == (3, 128, 128)
+        assert (sample["lq"] - sample["gt"]).abs().mean() > 0.02
+        assert torch.equal(sample["lq"], ds[i]["lq"])
+
+
+@pytest.mark.skipif(not SET5.is_dir(), reason=NO_SHARED_DATA)
+def test_real_set5_pairs_by_name():
+    ds = IQPPairedDataset({"dataroot_gt": str(SET5 / "HR"), "dataroot_lq": str(SET5 / "LR"), "scale": 4,
+                           "phase": "val"})
+    assert len(ds) == 5
+    for i in range(len(ds)):
+        sample = ds[i]
+        assert Path(sample["lq_path"]).name == Path(sample["gt_path"]).name.replace("_HR", "_LR")
+        assert sample["gt"].shape[1:] == tuple(4 * n for n in sample["lq"].shape[1:])

@@ -1,0 +1,150 @@
+"""IQPWrapper on SwinIR and on the generic hook adapter; plug-in behaviour; round trips."""
+import pytest
+import torch
+import torch.nn.functional as F
+from basicsr.utils.registry import ARCH_REGISTRY
+
+from iqp_plugin import IQPWrapper
+from iqp_plugin.plugin import IQPPlugin
+from tests.conftest import TINY_PLUGIN, TINY_SWINIR
+
+RRDB = dict(type="RRDBNet", num_in_ch=3, num_out_ch=3, num_feat=16, num_block=1, num_grow_ch=8, scale=2)
+EDSR = dict(type="EDSR", num_in_ch=3, num_out_ch=3, num_feat=16, num_block=2, upscale=2)
+HOSTS = {
+    "swinir": (TINY_SWINIR, None, None),
+    "rrdb-hook": (RRDB, "hook", {"at": "conv_body"}),
+    "edsr-hook": (EDSR, "hook", {"at": "conv_after_body"}),
+}
+
+
+def build(name, plugin=None, **plugin_overrides):
+    host, adapter, adapter_opt = HOSTS[name]
+    torch.manual_seed(0)
+    plugin = None if plugin is None else {**plugin, **plugin_overrides}
+    return IQPWrapper(host=host, plugin=plugin, adapter=adapter, adapter_opt=adapter_opt)
+
+
+def host_state(wrapper):
+    return {k: v.clone() for k, v in wrapper.host.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_bare_and_fresh_plugin_reproduce_host(name):
+    x = torch.rand(2, 3, 24, 32)
+    bare = build(name)
+    with torch.no_grad():
+        expected = bare.host(x)
+        assert torch.equal(bare(x), expected)
+        wrapped = build(name, TINY_PLUGIN)
+        wrapped.host.load_state_dict(bare.host.state_dict())
+        wrapped.train()  # training mode too: straight-through codes, host still in eval
+        assert (wrapped(x) - expected).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_one_step_trains_plugin_only(name):
+    w = build(name, TINY_PLUGIN).train()
+    before = host_state(w)
+    opt = torch.optim.Adam([p for p in w.parameters() if p.requires_grad], lr=1e-3)
+    x = torch.rand(2, 3, 16, 16)
+    for _ in range(2):  # the first step opens the zero-initialised output layer
+        opt.zero_grad()
+        F.l1_loss(w(x, score=0.9), torch.rand(2, 3, 32, 32)).backward()
+        opt.step()
+    assert all(p.grad is None for p in w.host.parameters())
+    grads = {n: p.grad for n, p in w.plugin.named_parameters()}
+    assert grads["out_conv.weight"].abs().sum() > 0 and grads["head_common.weight"].abs().sum() > 0
+    assert all(torch.equal(before[k], v) for k, v in w.host.state_dict().items())
+    assert not w.host.training and w.plugin.training
+
+
+@pytest.mark.parametrize("cond", ["adaln", "binned"])
+def test_trained_plugin_output_depends_on_score(cond):
+    w = build("swinir", TINY_PLUGIN, cond=cond).train()
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        base = w.host(x)
+        feats = w.plugin.pool(w.adapter.features(torch.rand(8, 3, 16, 16))).flatten(0, 1)
+        for _ in range(5):  # stage 1 in miniature: codes from host features
+            w.plugin.codebook.common.update(feats)
+            w.plugin.codebook.hq.update(feats)
+    targets = {0.15: base - 0.2, 0.95: base + 0.2}  # ask for darker at low score, brighter at high
+
+    def loss():
+        return sum(F.mse_loss(w(x, score=s), t) for s, t in targets.items())
+
+    opt = torch.optim.Adam(w.plugin.parameters(), lr=1e-2)
+    first = loss().item()
+    for _ in range(40):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    w.eval()
+    with torch.no_grad():
+        assert loss().item() < first
+        low, high = w(x, score=0.15), w(x, score=0.95)
+    assert (high - low).mean() > 0.05  # the learned conditioning separates the two scores
+    assert torch.equal(w(x, score=1.0), w(x, score=torch.tensor([1.0])))  # score 1.0 is in range
+
+
+def test_score_vector_and_bad_scores():
+    w = build("swinir", TINY_PLUGIN, num_scores=3)
+    x = torch.rand(2, 3, 16, 16)
+    assert w(x, score=torch.rand(2, 3)).shape == (2, 3, 32, 32)
+    assert w(x, score=torch.tensor([0.2, 0.8])).shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        w(x, score=1.5)
+    with pytest.raises(ValueError, match="shape"):
+        w(x, score=torch.rand(2, 2))
+
+
+def test_plugin_state_round_trip(tmp_path):
+    a = build("swinir", TINY_PLUGIN).train()
+    opt = torch.optim.Adam(a.plugin.parameters(), lr=1e-2)
+    x = torch.rand(1, 3, 16, 16)
+    for _ in range(3):
+        opt.zero_grad()
+        F.l1_loss(a(x), torch.zeros(1, 3, 32, 32)).backward()
+        opt.step()
+    a.plugin.codebook.hq.update(torch.randn(64, 24))
+    torch.save(a.plugin_state_dict(), tmp_path / "plugin.pth")
+    state = torch.load(tmp_path / "plugin.pth", weights_only=True)
+    assert not any(k.startswith("host") for k in state) and len(state) > 0
+    b = build("swinir", TINY_PLUGIN)
+    b.host.load_state_dict(a.host.state_dict())
+    b.load_plugin_state_dict(state)
+    a.eval(), b.eval()
+    with torch.no_grad():
+        assert torch.equal(a(x, score=0.7), b(x, score=0.7))
+        assert not torch.equal(a(x), a.host(x))  # the trained plug-in does act
+
+
+def test_plugin_options_are_checked():
+    with pytest.raises(ValueError, match="Unknown plugin option"):
+        build("swinir", TINY_PLUGIN, depht=3)
+    with pytest.raises(ValueError, match="no codebook"):
+        build("swinir", TINY_PLUGIN, share_host_codebook=True)
+    with pytest.raises(KeyError, match="Did you mean: SwinIR"):
+        IQPWrapper(host={**TINY_SWINIR, "type": "SwinIr"})
+    with pytest.raises(ValueError, match="close matches: conv_body"):
+        IQPWrapper(host=RRDB, adapter="hook", adapter_opt={"at": "conv_bdy"})
+    with pytest.raises(ValueError, match="No adapter knows host type 'RRDBNet'"):
+        IQPWrapper(host=RRDB)
+
+
+def test_registered_in_basicsr_and_hook_features():
+    assert ARCH_REGISTRY.get("IQPWrapper") is IQPWrapper
+    w = build("rrdb-hook", TINY_PLUGIN)
+    assert w.adapter.features(torch.rand(1, 3, 16, 16)).shape == (1, 16, 8, 8)  # RRDBNet x2 pixel-unshuffles its input
+
+
+def test_swinir_pads_sizes_off_the_window():
+    w = build("swinir", TINY_PLUGIN)
+    x = torch.rand(1, 3, 21, 30)
+    assert w(x).shape == (1, 3, 42, 60)
+
+
+def test_transformer_is_built_from_timm_layers():
+    plugin = IQPPlugin(24, **TINY_PLUGIN)
+    kinds = {type(m).__module__.split(".")[0] for m in plugin.blocks[0].modules()}
+    assert "timm" in kinds
