@@ -6,6 +6,9 @@ import sys
 
 COMMANDS = {
     "train": ("iqp_plugin.train", "train with a BasicSR option YAML (-opt FILE)"),
+    "score": ("iqp_plugin.scoring", "score image folders with an NR-IQA prior (-i DIR -o CSV; --summary CSV)"),
+    "restore": ("iqp_plugin.restore", "restore an image or folder with host + plug-in (-i IN -o OUT --config F)"),
+    "compare": ("iqp_plugin.compare", "host alone vs host + plug-in: grids, metrics, plot, HTML (-i IN -o DIR)"),
 }
 
 

@@ -40,7 +40,8 @@ class Codebook(nn.Module):
     def update(self, x: torch.Tensor) -> dict[str, float]:
         """One EMA k-means step on features ``x`` (N, C); returns usage statistics of this batch.
 
-        Under torch.distributed the per-code sums are all-reduced, so every rank keeps the same codes.
+        Under torch.distributed, pass every rank the same (gathered) ``x``: the updates are then equal
+        on all ranks, and the random picks of initialisation and restarts are broadcast from rank 0.
         """
         x = x.detach().float()
         if not bool(self.initted):
@@ -48,9 +49,6 @@ class Codebook(nn.Module):
         idx = self.nearest(x)
         onehot = F.one_hot(idx, self.size).type_as(x)
         counts, sums = onehot.sum(0), onehot.t() @ x
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(counts)
-            torch.distributed.all_reduce(sums)
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         self.embed_avg.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         n = self.cluster_size.sum()
@@ -94,6 +92,9 @@ class HostCodebook(nn.Module):
     @property
     def weight(self) -> torch.Tensor:
         return self._getter().detach()
+
+    def __deepcopy__(self, memo):  # an EMA copy of the plug-in must not copy the host with the getter
+        return HostCodebook(self._getter)
 
     @property
     def size(self) -> int:
