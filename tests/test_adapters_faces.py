@@ -170,3 +170,68 @@ def test_restoreformer_pp_lightning_checkpoint_loads_strictly():
     fresh = build("RestoreFormerPP", seed=1, **TINY_RF)
     fresh.load_state_dict(extract_state_dict(ckpt), strict=True)
     assert_same_weights(fresh.state_dict(), state)
+
+
+# ---------------------------------------------------------------- through IQPWrapper
+def wrapper_around(host: torch.nn.Module, host_type: str, plugin: dict | None, **host_kwargs):
+    """An IQPWrapper whose host carries ``host``'s weights."""
+    from iqp_plugin import IQPWrapper
+
+    wrapper = IQPWrapper(host={"type": host_type, **host_kwargs}, plugin=plugin)
+    wrapper.host.load_state_dict(host.state_dict(), strict=True)
+    return wrapper
+
+
+def one_plugin_step(wrapper, x, **host_kwargs):
+    """One Adam step on an L1 loss; returns the host state before it."""
+    before = {k: v.clone() for k, v in wrapper.host.state_dict().items()}
+    wrapper.train()
+    opt = torch.optim.Adam([p for p in wrapper.parameters() if p.requires_grad], lr=1e-3)
+    torch.nn.functional.l1_loss(wrapper(x, score=0.9, **host_kwargs), torch.zeros_like(x)).backward()
+    opt.step()
+    return before
+
+
+def assert_plugin_only_trained(wrapper, before):
+    assert all(p.grad is None and not p.requires_grad for p in wrapper.host.parameters())
+    assert wrapper.plugin.out_conv.weight.grad.abs().sum() > 0
+    assert all(torch.equal(v, before[k]) for k, v in wrapper.host.state_dict().items())
+    assert not wrapper.host.training
+
+
+def test_codeformer_through_wrapper_matches_spandrel_and_trains_plugin_only(codeformer):
+    model, x, refs = codeformer
+    with torch.no_grad():
+        bare = wrapper_around(model, "CodeFormer", None)
+        assert torch.equal(bare(x, w=0.0), refs[0.0]) and torch.equal(bare(x, w=0.5), refs[0.5])
+        del bare
+        wrapped = wrapper_around(model, "CodeFormer", {"share_host_codebook": True})
+        assert (wrapped(x, w=0.5) - refs[0.5]).abs().max() <= 1e-5
+    # the common branch is the host's codebook itself, so only the HQ branch is new
+    assert "codebook.common.embed" not in wrapped.plugin_state_dict()
+    assert wrapped.plugin.codebook.common.weight.data_ptr() == wrapped.host.quantize.embedding.weight.data_ptr()
+    before = one_plugin_step(wrapped, x, w=0.5)
+    assert_plugin_only_trained(wrapped, before)
+
+
+@pytest.mark.parametrize("name", ["RestoreFormer", "RestoreFormerPP"])
+def test_restoreformer_tiny_through_wrapper(name):
+    model, x = build(name, **TINY_RF), image(64)
+    with torch.no_grad():
+        ref = model(x)[0]
+        assert torch.equal(wrapper_around(model, name, None, **TINY_RF)(x), ref)
+        wrapped = wrapper_around(model, name, {"dim": 64, "depth": 2, "heads": 4, "share_host_codebook": True},
+                                 **TINY_RF)
+        assert (wrapped(x) - ref).abs().max() <= 1e-5
+    assert_plugin_only_trained(wrapped, one_plugin_step(wrapped, x))
+
+
+def test_restoreformer_full_size_through_wrapper():
+    """The release config on a 256 px input (8x8 codes, pooled up to the plug-in's 16x16 grid)."""
+    model, x = build("RestoreFormer"), image(256)
+    with torch.no_grad():
+        ref = model(x)[0]
+        assert torch.equal(wrapper_around(model, "RestoreFormer", None)(x), ref)
+        wrapped = wrapper_around(model, "RestoreFormer", {})
+        assert (wrapped(x) - ref).abs().max() <= 1e-5
+    assert_plugin_only_trained(wrapped, one_plugin_step(wrapped, x))

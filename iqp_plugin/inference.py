@@ -1,0 +1,298 @@
+"""Shared inference pieces of ``iqp restore`` and ``iqp compare``: loading a wrapper, image I/O, tiling.
+
+A wrapper comes from either
+
+* ``--config wrapper.yml``: a file with a ``network_g: {type: IQPWrapper, ...}`` block (as the training
+  configs) or a bare IQPWrapper option dict; an optional top-level ``plugin_checkpoint: FILE``; or
+* ``--host TYPE [--host-opt JSON] --host-checkpoint F [--plugin F]``; with ``--plugin`` alone the host
+  is the one recorded in the plug-in checkpoint.
+
+A plug-in file is a training checkpoint (``net_g_*.pth``): ``params_ema`` is loaded when present, else
+``params``; its ``plugin_opt`` builds the plug-in when the config has no ``plugin`` block.
+
+Images keep what the file had: alpha (resized to the output), grayscale and 16-bit depth. Files are
+written atomically (temporary file + ``os.replace``), so an interrupted run never leaves half a file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import yaml
+
+from iqp_plugin.checkpoint import read_checkpoint
+from iqp_plugin.model import file_sha256
+from iqp_plugin.scoring import IMAGE_EXTENSIONS
+from iqp_plugin.wrapper import IQPWrapper
+
+#: Adapters whose hosts take one fixed square size (aligned faces); other sizes are resized in and out.
+FIXED_SIZE = {"codeformer": 512, "restoreformer": 512}
+
+
+# ---------------------------------------------------------------- model loading
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """The options that choose the wrapper and the device (shared by restore and compare)."""
+    g = parser.add_argument_group("model")
+    g.add_argument("--config", help="wrapper YAML (network_g block or bare IQPWrapper options)")
+    g.add_argument("--host", help="host arch type, e.g. SwinIR (instead of --config)")
+    g.add_argument("--host-opt", default="{}", help="host options as JSON, e.g. '{\"upscale\": 4}'")
+    g.add_argument("--host-checkpoint", help="host weights (params_ema / params / state_dict / safetensors)")
+    g.add_argument("--plugin", help="plug-in checkpoint written by training (net_g_*.pth)")
+    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but no CUDA device is available")
+    return torch.device(name)
+
+
+def _read_yaml(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Config not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            opt = yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(opt, dict):
+        raise ValueError(f"{path} must hold a mapping of options")  # noqa: TRY004  (a user error: exit 2)
+    return opt
+
+
+def wrapper_options(config: str) -> tuple[dict, str | None]:
+    """IQPWrapper keyword arguments and the plug-in checkpoint named by a wrapper YAML."""
+    opt = _read_yaml(config)
+    plugin_file = opt.pop("plugin_checkpoint", None)
+    net = dict(opt.get("network_g", opt))
+    kind = net.pop("type", "IQPWrapper")
+    if kind != "IQPWrapper" or "host" not in net:
+        raise ValueError(f"{config}: needs network_g: {{type: IQPWrapper, host: {{...}}}} or a bare IQPWrapper "
+                         f"dict with a 'host' entry (got type {kind!r}); for a bare host use --host/--host-checkpoint")
+    unknown = set(net) - {"host", "plugin", "host_checkpoint", "adapter", "adapter_opt"}
+    if unknown:
+        raise ValueError(f"{config}: unknown IQPWrapper option(s) {sorted(unknown)}")
+    return net, plugin_file
+
+
+def load_wrapper(net: dict, plugin_file: str | None = None, device: str | torch.device = "cpu") -> IQPWrapper:
+    """Build an IQPWrapper from its options, load the plug-in file (if any) and put it in eval mode."""
+    net = dict(net)
+    state = None
+    if plugin_file:
+        ckpt = read_checkpoint(plugin_file)
+        state = ckpt.get("params_ema") or ckpt.get("params")
+        if not isinstance(state, dict):
+            raise ValueError(f"{plugin_file} is not a plug-in checkpoint: it has no 'params_ema' or 'params' "
+                             f"(keys: {sorted(ckpt)[:10]})")
+        if net.get("plugin") is None:
+            net["plugin"] = ckpt.get("plugin_opt") or {}
+        _check_host_file(ckpt.get("host") or {}, net.get("host_checkpoint"), plugin_file)
+    try:
+        wrapper = IQPWrapper(**net)
+    except TypeError as err:
+        raise ValueError(str(err)) from err
+    if state is not None:
+        try:
+            wrapper.load_plugin_state_dict(state)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[:4]
+            raise ValueError(f"{plugin_file} does not fit the plug-in built from {net['plugin']}: "
+                             + " ".join(first)) from err
+    return wrapper.to(device).eval()
+
+
+def _check_host_file(trained: dict, host_file: str | None, plugin_file: str) -> None:
+    """Warn when the host weights differ from those the plug-in was trained with."""
+    sha = trained.get("sha256")
+    if sha and (not host_file or not os.path.isfile(host_file) or file_sha256(host_file) != sha):
+        warnings.warn(f"{plugin_file} was trained on host weights {trained.get('checkpoint')} (sha256 {sha[:12]}), "
+                      f"but the host loads {host_file or 'no weights'}: results may be poor")
+
+
+def load_from_args(args: argparse.Namespace) -> IQPWrapper:
+    """The wrapper that :func:`add_model_args` options describe, on the chosen device."""
+    device = resolve_device(args.device)
+    if args.config:
+        if args.host:
+            raise ValueError("give either --config or --host, not both")
+        net, plugin_file = wrapper_options(args.config)
+        return load_wrapper(net, args.plugin or plugin_file, device)
+    if args.host:
+        try:
+            host_opt = json.loads(args.host_opt)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--host-opt is not valid JSON: {err}") from err
+        if not isinstance(host_opt, dict):
+            raise ValueError("--host-opt must be a JSON object")
+        net = {"host": {**host_opt, "type": args.host}, "host_checkpoint": args.host_checkpoint}
+    elif args.plugin:
+        host = read_checkpoint(args.plugin).get("host") or {}
+        if not host.get("opt"):
+            raise ValueError(f"{args.plugin} records no host: give --host TYPE --host-checkpoint F")
+        net = {"host": host["opt"], "host_checkpoint": args.host_checkpoint or host.get("checkpoint")}
+    else:
+        raise ValueError("choose the model with --config FILE or --host TYPE --host-checkpoint F [--plugin F]")
+    return load_wrapper(net, args.plugin, device)
+
+
+# ---------------------------------------------------------------- images
+@dataclass
+class Picture:
+    """An image as RGB float32 HWC in [0, 1] plus what its file had beyond RGB."""
+
+    rgb: np.ndarray
+    alpha: np.ndarray | None = None  # H x W float32 in [0, 1]
+    gray: bool = False
+    bits: int = 8
+
+
+def read_picture(path: str | Path) -> Picture:
+    """Read any 8/16-bit gray, RGB or RGBA file; ValueError when it cannot be decoded (corrupt, truncated)."""
+    img = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None or img.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"cannot decode image {path} (corrupt, truncated or unsupported)")
+    bits = 16 if img.dtype == np.uint16 else 8
+    img = img.astype(np.float32) / (65535.0 if bits == 16 else 255.0)
+    gray = img.ndim == 2 or img.shape[2] == 1
+    alpha = None
+    if gray:
+        rgb = np.repeat(img.reshape(*img.shape[:2], 1), 3, axis=2)
+    else:
+        if img.shape[2] == 4:
+            alpha = img[..., 3]
+        rgb = cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2RGB)
+    return Picture(np.ascontiguousarray(rgb), alpha, gray, bits)
+
+
+def encode_picture(pic: Picture, suffix: str) -> bytes:
+    """Encode to the format of ``suffix``; the alpha is resized to the RGB size; 16 bits where the format has them."""
+    h, w = pic.rgb.shape[:2]
+    img = cv2.cvtColor(np.clip(pic.rgb, 0, 1), cv2.COLOR_RGB2GRAY if pic.gray else cv2.COLOR_RGB2BGR)
+    if pic.alpha is not None and not pic.gray:
+        alpha = pic.alpha if pic.alpha.shape == (h, w) else cv2.resize(pic.alpha, (w, h), interpolation=cv2.INTER_LINEAR)
+        img = np.dstack([img, np.clip(alpha, 0, 1)])
+    deep = pic.bits == 16 and suffix.lower() in (".png", ".tif", ".tiff")
+    img = (img * (65535.0 if deep else 255.0)).round().astype(np.uint16 if deep else np.uint8)
+    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if suffix.lower() in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(suffix, img, params)
+    if not ok:
+        raise ValueError(f"cannot encode an image as {suffix}")
+    return buf.tobytes()
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` through a temporary file in the same folder and ``os.replace``; no partial files."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_picture(path: str | Path, pic: Picture) -> None:
+    """Encode ``pic`` in the format of ``path``'s suffix and write it atomically."""
+    write_atomic(path, encode_picture(pic, Path(path).suffix))
+
+
+def find_images(path: str | Path) -> list[tuple[str, Path]]:
+    """``(name, file)`` pairs: the file itself, or every image under a folder (recursive, sorted)."""
+    root = Path(path)
+    if root.is_file():
+        return [(root.name, root)]
+    if not root.is_dir():
+        raise FileNotFoundError(f"input not found: {root}")
+    items = [(p.relative_to(root).as_posix(), p) for p in sorted(root.rglob("*"))
+             if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+    if not items:
+        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}")
+    return items
+
+
+# ---------------------------------------------------------------- running the model
+def tiled(fn, x: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
+    """Run ``fn`` on ``tile`` x ``tile`` crops of ``x`` (B, C, H, W) and blend them in the output.
+
+    Crops step by ``tile - overlap`` and the last one is aligned to the border, so every crop is full
+    size. In the overlaps the crops are cross-faded: along a side that borders another crop, the outer
+    ``m = overlap // 4`` pixels (the least context, hence the largest error) get weight 0 and the next
+    ``overlap - m`` a linear ramp up to 1; the blend is normalised by the summed weights.
+    """
+    h, w = x.shape[-2:]
+    th, tw = min(tile, h), min(tile, w)
+    if overlap < 0 or overlap >= min(th, tw):
+        raise ValueError(f"--tile-overlap must be in [0, tile) = [0, {min(th, tw)}), got {overlap}")
+
+    def starts(size: int, t: int) -> list[int]:
+        return sorted({*range(0, size - t, t - overlap), size - t})
+
+    out = weight = None
+    for top in starts(h, th):
+        for left in starts(w, tw):
+            y = fn(x[..., top:top + th, left:left + tw])
+            scale = y.shape[-1] // tw
+            if out is None:
+                out = y.new_zeros(*y.shape[:2], h * scale, w * scale)
+                weight = y.new_zeros(1, 1, h * scale, w * scale)
+            ramp_y = _ramp(th * scale, overlap * scale, top > 0, top + th < h, y)
+            ramp_x = _ramp(tw * scale, overlap * scale, left > 0, left + tw < w, y)
+            m = ramp_y[:, None] * ramp_x[None, :]
+            region = (..., slice(top * scale, (top + th) * scale), slice(left * scale, (left + tw) * scale))
+            out[region] += y * m
+            weight[region] += m
+    return out / weight
+
+
+def _ramp(n: int, overlap: int, before: bool, after: bool, like: torch.Tensor) -> torch.Tensor:
+    r = like.new_ones(n)
+    if overlap:
+        m = overlap // 4
+        up = like.new_zeros(overlap)
+        up[m:] = torch.arange(1, overlap - m + 1, dtype=like.dtype, device=like.device) / (overlap - m + 1)
+        if before:
+            r[:overlap] = up
+        if after:
+            r[n - overlap:] = up.flip(0)
+    return r
+
+
+@torch.no_grad()
+def run_batch(wrapper: IQPWrapper, rgb: np.ndarray, score=None, tile: int = 0, overlap: int = 0,
+              plugin: bool = True, **host_kwargs) -> np.ndarray:
+    """Restore a (B, H, W, 3) RGB [0, 1] batch; returns (B, H', W', 3) RGB [0, 1].
+
+    ``plugin=False`` runs the host alone. Fixed-size hosts (faces) get their size by resizing in and out,
+    with a warning. ``tile`` > 0 restores in overlapping tiles (see :func:`tiled`).
+    """
+    h, w = rgb.shape[1:3]
+    size = FIXED_SIZE.get(wrapper.adapter.name)
+    if size and (h, w) != (size, size):
+        warnings.warn(f"{type(wrapper.host).__name__} takes aligned {size}x{size} faces: {w}x{h} input "
+                      f"resized to {size}x{size} and the output back")
+        rgb = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_CUBIC) for im in rgb])
+    lo, hi = wrapper.adapter.image_range
+    device = next(wrapper.parameters()).device
+    x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(0, 3, 1, 2))).to(device) * (hi - lo) + lo
+    fn = (lambda t: wrapper(t, score, **host_kwargs)) if plugin else (lambda t: wrapper.adapter.run(t, **host_kwargs))
+    y = tiled(fn, x, tile, overlap) if tile else fn(x)
+    out = ((y.float() - lo) / (hi - lo)).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+    if size and (h, w) != (size, size):
+        out = np.stack([np.clip(cv2.resize(im, (w, h), interpolation=cv2.INTER_AREA if w < size else cv2.INTER_CUBIC),
+                                0, 1) for im in out])
+    return out

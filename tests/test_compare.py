@@ -1,0 +1,66 @@
+"""``iqp compare`` on a tiny random SwinIR host + plug-in: every artefact, and numbers that match a recomputation."""
+import csv
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from iqp_plugin.cli import run
+from iqp_plugin.compare import main as compare_main
+from iqp_plugin.offline_metrics import create_metric
+from tests.test_restore import make_model, rand_img
+
+
+def test_compare_writes_report_with_matching_numbers(tmp_path, capsys):
+    config, *_ = make_model(tmp_path)
+    src, gt_dir, out = tmp_path / "lr", tmp_path / "hr", tmp_path / "report"
+    src.mkdir()
+    gt_dir.mkdir()
+    for i, (h, w) in enumerate([(56, 56), (48, 64)]):  # outputs >= 96 px for NIQE
+        cv2.imwrite(str(src / f"img{i}_LR.png"), rand_img(h, w, seed=10 + i))
+        cv2.imwrite(str(gt_dir / f"img{i}_HR.png"), rand_img(2 * h, 2 * w, seed=20 + i))
+    run(compare_main, ["-i", str(src), "-o", str(out), "--config", str(config), "--gt", str(gt_dir),
+                       "--metrics", "niqe", "--scores", "0.2,0.9", "--device", "cpu"])
+    printed = capsys.readouterr().out
+    for metric in ("niqe", "piqe", "psnr", "ssim"):
+        assert any(line.startswith(f"{metric} (") and any(w in line for w in ("better", "worse", "same"))
+                   for line in printed.splitlines())
+
+    for name in ("metrics.csv", "metrics.md", "sweep.csv", "sweep.png", "index.html"):
+        assert (out / name).stat().st_size > 0
+    page = (out / "index.html").read_text()
+    assert "grids/img0_LR.png" in page and "sweep.png" in page
+    grid = cv2.imread(str(out / "grids" / "img0_LR.png"))
+    assert grid.shape[0] > 112 and grid.shape[1] >= 4 * 112  # input | host | host+IQP | GT
+    assert not [p for p in out.rglob("*.tmp")]
+
+    with open(out / "metrics.csv", newline="") as f:
+        rows = {r["image"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"mean", "img0_LR.png", "img1_LR.png"}
+    niqe = create_metric("niqe")
+    for name in ("img0_LR.png", "img1_LR.png"):
+        gt = cv2.imread(str(gt_dir / name.replace("LR", "HR"))).astype(np.float64)
+        for kind in ("host", "iqp"):
+            saved = cv2.imread(str(out / "images" / kind / name))
+            x = torch.from_numpy(cv2.cvtColor(saved, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)[None].float() / 255
+            with torch.no_grad():
+                assert float(rows[name][f"niqe_{kind}"]) == pytest.approx(float(niqe(x)), abs=1e-4)
+            psnr = 10 * np.log10(255.0 ** 2 / np.mean((saved.astype(np.float64) - gt) ** 2))
+            assert float(rows[name][f"psnr_{kind}"]) == pytest.approx(psnr, abs=1e-6)
+    for key in ("niqe_host", "niqe_iqp", "psnr_iqp"):
+        assert float(rows["mean"][key]) == pytest.approx(np.mean([float(rows[n][key]) for n in rows if n != "mean"]))
+    assert float(rows["mean"]["niqe_iqp"]) != float(rows["mean"]["niqe_host"])  # the plug-in changes the output
+
+
+@pytest.mark.parametrize("extra, message", [(["--scores", "0.5,2"], "scores must lie in [0, 1]"),
+                                            (["--gt", "GT"], "no GT in")])
+def test_compare_user_errors_exit_2(tmp_path, capsys, extra, message):
+    config, *_ = make_model(tmp_path)
+    cv2.imwrite(str(tmp_path / "a.png"), rand_img(16, 16))
+    (tmp_path / "GT").mkdir()
+    cv2.imwrite(str(tmp_path / "GT" / "b.png"), rand_img(32, 32))
+    extra = [str(tmp_path / e) if e == "GT" else e for e in extra]
+    with pytest.raises(SystemExit) as exc:
+        run(compare_main, ["-i", str(tmp_path / "a.png"), "-o", str(tmp_path / "r"), "--config", str(config), *extra])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
