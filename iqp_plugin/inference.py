@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import yaml
+from iqp_plugin.options import read_yaml
 
 from iqp_plugin.checkpoint import read_checkpoint
 from iqp_plugin.model import file_sha256
@@ -58,22 +58,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _read_yaml(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Config not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        try:
-            opt = yaml.safe_load(f)
-        except yaml.YAMLError as err:
-            raise ValueError(f"{path} is not valid YAML: {err}") from err
-    if not isinstance(opt, dict):
-        raise ValueError(f"{path} must hold a mapping of options")  # noqa: TRY004  (a user error: exit 2)
-    return opt
-
-
 def wrapper_options(config: str) -> tuple[dict, str | None]:
     """IQPWrapper keyword arguments and the plug-in checkpoint named by a wrapper YAML."""
-    opt = _read_yaml(config)
+    opt = read_yaml(config, "Config")
     plugin_file = opt.pop("plugin_checkpoint", None)
     net = dict(opt.get("network_g", opt))
     kind = net.pop("type", "IQPWrapper")

@@ -11,10 +11,9 @@ import argparse
 import os
 import sys
 
-import yaml
-
 import iqp_plugin  # noqa: F401  (registers the project's archs, models and datasets)
 from iqp_plugin import basicsr_cpu
+from iqp_plugin.options import read_yaml
 from iqp_plugin.registry import check_option_types
 
 
@@ -22,13 +21,7 @@ def read_options(path: str) -> dict:
     """Read a BasicSR option YAML, with clear errors for a missing or malformed file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Option file not found: {path}. Pass an existing YAML with -opt (see configs/).")
-    with open(path, encoding="utf-8") as f:
-        try:
-            opt = yaml.safe_load(f)
-        except yaml.YAMLError as err:
-            raise ValueError(f"Option file {path} is not valid YAML: {err}") from err
-    if not isinstance(opt, dict):
-        raise ValueError(f"Option file {path} must hold a mapping of options, got {type(opt).__name__}.")
+    opt = read_yaml(path)
     for key in ("name", "model_type", "datasets", "path", "train"):
         if key not in opt:
             raise ValueError(f"Option file {path} lacks the required key '{key}'.")

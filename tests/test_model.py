@@ -69,8 +69,8 @@ def test_three_stages_end_to_end_with_resume(workdir):
 
 
 def test_two_process_gloo_stages(workdir):
-    out = train(workdir, "codebook", "name=dist_codebook", "train:total_iter=4", nproc=2)
-    out = train(workdir, "predictor", "name=dist_predictor", "train:total_iter=4",
+    train(workdir, "codebook", "name=dist_codebook", "train:total_iter=4", nproc=2)
+    train(workdir, "predictor", "name=dist_predictor", "train:total_iter=4",
                 "path:pretrain_network_g=experiments/dist_codebook/models/net_g_latest.pth", "logger:print_freq=1", nproc=2)
     log = "".join(p.read_text() for p in (workdir / "experiments" / "dist_predictor").glob("train_*.log"))
     assert "world_size: 2" in log and "l_ce_common" in log

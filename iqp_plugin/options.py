@@ -1,0 +1,20 @@
+"""Reading option YAMLs with errors that name the file and the fix."""
+from __future__ import annotations
+
+import os
+
+import yaml
+
+
+def read_yaml(path: str, label: str = "Option file") -> dict:
+    """A YAML mapping from ``path``; a missing, malformed or non-mapping file raises a clear error."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{label} not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            opt = yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            raise ValueError(f"{label} {path} is not valid YAML: {err}") from err
+    if not isinstance(opt, dict):
+        raise ValueError(f"{label} {path} must hold a mapping of options, got {type(opt).__name__}.")
+    return opt
