@@ -8,7 +8,6 @@ folder to put it in, never in a network traceback.
 from __future__ import annotations
 
 import os
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
@@ -51,14 +50,13 @@ def build_niqe_params(folder: str | Path | None = None) -> Path:
         return target
     params = np.load(Path(basicsr.metrics.__file__).parent / "niqe_pris_params.npz")
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".mat")
+    tmp = folder / f".{NIQE_FILE}.{os.getpid()}.tmp"
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             scipy.io.savemat(f, {"mu_prisparam": params["mu_pris_param"], "cov_prisparam": params["cov_pris_param"]})
         os.replace(tmp, target)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
     return target
 
 

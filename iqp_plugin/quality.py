@@ -11,9 +11,8 @@ import difflib
 import json
 import math
 import os
-import tempfile
-from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -162,22 +161,22 @@ class Normalizer:
 def write_atomic(path: str | Path, text: str) -> None:
     """Write a text file through a temporary file and os.replace, so readers never see half of it."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with os.fdopen(fd, "w", newline="") as f:
+        with open(tmp, "w", newline="") as f:
             f.write(text)
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
 
 
 @LOSS_REGISTRY.register()
 class QualityLoss(nn.Module):
     """Differentiable NR-IQA loss to minimise: sum of weight * (+score if lower is better else -score).
 
-    ``image_range`` is the range of the network output; it is mapped to the [0,1] pyiqa expects.
-    The metric modules are frozen and stay in eval mode.
+    ``metrics``/``weights`` as in ``create_prior`` (weights normalised to sum 1). ``image_range`` is the
+    range of the network output; it is mapped to the [0,1] pyiqa expects. The metric modules are
+    frozen and stay in eval mode.
     """
 
     def __init__(self, metrics: str | Sequence[str] = DEFAULT_PRIOR, weights: Sequence[float] | None = None,

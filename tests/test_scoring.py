@@ -1,0 +1,171 @@
+"""``iqp score``: CSV + sidecar, odd and broken files, resume, torchrun sharding, summary. CPU, no downloads."""
+import csv
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import iqp_plugin  # noqa: F401  (first: basicsr import fix)
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+from iqp_plugin import scoring
+from iqp_plugin.quality import Normalizer, create_prior
+
+
+@pytest.fixture(autouse=True)
+def offline_cache(tmp_path, monkeypatch):
+    """pyiqa's weight folder in tmp_path (this process and subprocesses): never the real cache."""
+    from pyiqa.utils import download_util
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(download_util, "DEFAULT_CACHE_DIR", str(tmp_path / "torch" / "hub" / "pyiqa"))
+
+
+@pytest.fixture
+def images(tmp_path):
+    """Two roots of natural-image crops, JPEG and PNG, one in a subfolder.
+
+    Sorted names: img0-img3 (112 px), img5-img8 (128x144 px), sub/img4 (112 px): batches of 2 fill up.
+    """
+    a, b = tmp_path / "a", tmp_path / "b"
+    (a / "sub").mkdir(parents=True)
+    b.mkdir()
+    pictures = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea()]
+    for i in range(9):
+        pic = pictures[i % 3]
+        y, x = 20 * i, 30 * i
+        crop = pic[y:y + 112, x:x + 112] if i < 5 else pic[y:y + 128, x:x + 144]
+        root = a / "sub" if i == 4 else a if i < 6 else b
+        Image.fromarray(crop).save(root / (f"img{i}.jpg" if i % 3 else f"img{i}.png"), quality=60 + 4 * i)
+    return [a, b]
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_score_csv_sidecar_and_rescore(images, tmp_path):
+    out = tmp_path / "scores.csv"
+    result = scoring.score_folders(images, out, create_prior("offline+piqe"), batch=4, progress=False)
+    rows = read_csv(out)
+    assert result == {"scored": 9, "failed": {}}
+    assert [r["imagename"] for r in rows] == sorted(["img0.png", "img1.jpg", "img2.jpg", "img3.png", "sub/img4.jpg",
+                                                     "img5.jpg", "img6.png", "img7.jpg", "img8.jpg"])
+    assert list(rows[0]) == ["imagename", "niqe", "piqe", "score"]
+    scores = scoring.load_scores(out)
+    assert min(scores.values()) >= 0 and max(scores.values()) <= 1 and len(set(scores.values())) == 9
+    assert not list(tmp_path.glob("*partial*"))
+    sidecar = json.loads(scoring.sidecar_path(out).read_text())
+    assert sidecar["metrics"] == ["niqe", "piqe"] and sidecar["count"] == 9 and sidecar["failed"] == []
+
+    # a re-scored image lands on the same normalised score through the sidecar
+    norm = Normalizer.load(scoring.sidecar_path(out))
+    modules = norm.prior.create_metrics("cpu")
+    x, _ = scoring.load_image(images[0] / "sub" / "img4.jpg")
+    raw = scoring.score_batch(modules, x[None])[0]
+    assert raw["niqe"] == pytest.approx(float(rows[-1]["niqe"]), rel=1e-9)
+    assert norm(raw) == pytest.approx(scores["sub/img4.jpg"], abs=1e-9)
+
+    # same names from two roots are refused
+    Image.open(images[0] / "img1.jpg").save(images[1] / "img1.jpg")
+    with pytest.raises(ValueError, match="img1.jpg"):
+        scoring.score_folders(images, out, progress=False)
+
+
+def test_corrupt_rgba_gray_16bit(images, tmp_path):
+    a = images[0]
+    (a / "broken.png").write_bytes(b"\x89PNG not really")
+    Image.open(a / "img1.jpg").convert("RGBA").save(a / "rgba.png")
+    Image.open(a / "img3.png").convert("L").save(a / "gray.png")
+    gray16 = (np.asarray(Image.open(a / "img0.png").convert("L"), dtype=np.uint16) * 257)
+    Image.fromarray(gray16).save(a / "deep.png")
+    x, note = scoring.load_image(a / "deep.png")
+    assert note == "16-bit" and x.shape == (3, 112, 112) and 0 <= x.min() and x.max() <= 1
+    assert scoring.load_image(a / "rgba.png")[1] == "alpha" and scoring.load_image(a / "gray.png")[1] == "grayscale"
+
+    out = tmp_path / "scores.csv"
+    with pytest.warns(UserWarning) as record:
+        result = scoring.score_folders(images, out, batch=3, progress=False)
+    messages = [str(w.message) for w in record]
+    assert sum("broken.png: cannot read" in m for m in messages) == 1
+    assert sum("alpha channel" in m for m in messages) == 1 and sum("16-bit" in m for m in messages) == 1
+    assert result["scored"] == 12 and list(result["failed"]) == ["broken.png"]
+    names = scoring.load_scores(out)
+    assert "broken.png" not in names and {"rgba.png", "gray.png", "deep.png"} <= set(names)
+    assert json.loads(scoring.sidecar_path(out).read_text())["failed"][0]["imagename"] == "broken.png"
+    summary = scoring.summarize(out, top=25)
+    assert summary["failed"][0]["imagename"] == "broken.png"
+
+
+def test_resume_scores_each_image_once(images, tmp_path, monkeypatch):
+    out = tmp_path / "scores.csv"
+    calls = Counter()
+    real = scoring.score_batch
+
+    def counting(modules, x):
+        if sum(calls.values()) >= 4:
+            raise KeyboardInterrupt  # the run is killed after two batches of two
+        results = real(modules, x)
+        calls.update(v["niqe"] for v in results)
+        return results
+
+    monkeypatch.setattr(scoring, "score_batch", counting)
+    with pytest.raises(KeyboardInterrupt):
+        scoring.score_folders(images, out, batch=2, progress=False)
+    assert not out.exists()
+    partial, = tmp_path.glob("scores.csv.rank0.partial.csv")
+    assert len(read_csv(partial)) == 4
+    with open(partial, "a", newline="") as f:  # the kill also cut a row in half
+        f.write("img7.jpg,7.1")
+
+    def finishing(modules, x):
+        results = real(modules, x)
+        calls.update(v["niqe"] for v in results)
+        return results
+
+    monkeypatch.setattr(scoring, "score_batch", finishing)
+    assert scoring.score_folders(images, out, batch=2, progress=False)["scored"] == 9
+    rows = read_csv(out)
+    assert len(rows) == 9 and len({r["imagename"] for r in rows}) == 9
+    assert sorted(calls.values()) == [1] * 9  # each image computed once over both runs
+    assert scoring.score_folders(images, out, batch=2, progress=False)["scored"] == 9  # done: nothing to compute
+    assert sorted(calls.values()) == [1] * 9 and read_csv(out) == rows
+
+
+def test_torchrun_two_ranks_equal_one_process(images, tmp_path):
+    one, two = tmp_path / "one.csv", tmp_path / "two.csv"
+    scoring.score_folders(images, one, create_prior("offline+piqe"), batch=4, progress=False)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "iqp_plugin.scoring", "-i", str(images[0]), "-i", str(images[1]), "-o", str(two),
+           "--metrics", "niqe,piqe", "--batch", "4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows1, rows2 = read_csv(one), read_csv(two)
+    assert [r["imagename"] for r in rows1] == [r["imagename"] for r in rows2]
+    for r1, r2 in zip(rows1, rows2):
+        for key in ("niqe", "piqe", "score"):
+            assert float(r2[key]) == pytest.approx(float(r1[key]), rel=1e-9, abs=1e-12)
+    assert json.loads(scoring.sidecar_path(one).read_text()) == json.loads(scoring.sidecar_path(two).read_text())
+
+
+def test_summary_and_cli(images, tmp_path, capsys):
+    out = tmp_path / "scores.csv"
+    scoring.main(["-i", str(images[0]), "-i", str(images[1]), "-o", str(out), "--metrics", "piqe"])
+    scoring.main(["--summary", str(out), "--top", "20"])
+    text = capsys.readouterr().out
+    assert "| piqe |" in text and "| score |" in text and "top 20%" in text
+    summary = json.loads((tmp_path / "scores_summary.json").read_text())
+    scores = sorted(scoring.load_scores(out).values())
+    assert summary["hq_threshold"] == pytest.approx(float(np.quantile(scores, 0.8)))
+    assert summary["hq_count"] == 2 and summary["stats"]["piqe"]["min"] <= summary["stats"]["piqe"]["max"]
+    for png in summary["histograms"].values():
+        assert Path(png).read_bytes()[:4] == b"\x89PNG"
+    assert set(summary["histograms"]) == {"piqe", "score"}
+    with pytest.raises(ValueError, match="holds scores for"):
+        scoring.score_folders(images, out, create_prior("niqe"), progress=False)
