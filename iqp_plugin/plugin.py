@@ -185,18 +185,26 @@ class IQPPlugin(nn.Module):
         return rearrange(x, "b c h w -> b (h w) c")
 
     def scores(self, score, batch: int, device: torch.device) -> torch.Tensor:
-        """Normalise ``score`` (None, float, (B,) or (B, M)) to a (B, M) tensor in [0, 1]."""
+        """Normalise ``score`` (None, float, (B,) or (B, M)) to a (B, M) tensor in [0, 1].
+
+        Python numbers and CPU tensors are checked on the CPU, so inference on a GPU never waits for
+        a device sync here; a score tensor already on the GPU is checked asynchronously.
+        """
         m = self.cfg["num_scores"]
-        s = torch.as_tensor(self.cfg["target_score"] if score is None else score, dtype=torch.float32, device=device)
+        s = torch.as_tensor(self.cfg["target_score"] if score is None else score, dtype=torch.float32)
         if s.dim() == 0:
             s = s.expand(batch)
         if s.dim() == 1:
             s = s.unsqueeze(1).expand(-1, m) if s.shape[0] == batch else s.unsqueeze(0).expand(batch, -1)
         if s.shape != (batch, m):
             raise ValueError(f"score must be a float, a ({batch},) or a ({batch}, {m}) tensor, got shape {tuple(s.shape)}.")
-        if not torch.isfinite(s).all() or s.min() < 0 or s.max() > 1:
-            raise ValueError("score values must lie in [0, 1] (normalised NR-IQA scores, higher = better).")
-        return s
+        in_range = ((s >= 0) & (s <= 1)).all()  # False for NaN too
+        if s.device.type == "cpu":
+            if not in_range:
+                raise ValueError("score values must lie in [0, 1] (normalised NR-IQA scores, higher = better).")
+        else:
+            torch._assert_async(in_range, "score values must lie in [0, 1]")
+        return s.to(device, non_blocking=True)
 
     def predict(self, feat: torch.Tensor, score=None) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
         """Index logits over both codebooks for bottleneck features ``feat`` at the given score."""
