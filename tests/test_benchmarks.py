@@ -1,0 +1,38 @@
+"""benchmarks/overhead.py runs end to end at the tiny budget and writes well-formed results (no timing asserts)."""
+import json
+import math
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def test_overhead_tiny_writes_json_and_markdown(tmp_path):
+    out = tmp_path / "overhead"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "overhead.py"), "--budget", "tiny", "--device", "cpu",
+           "--hosts", "restoreformer,swinir", "--no-profile", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    data = json.loads((out / "overhead.json").read_text())
+    assert data["meta"]["budget"] == "tiny" and data["meta"]["device"] == "cpu"
+    assert set(data["results"]) == {"restoreformer", "swinir"}
+    for host, res in data["results"].items():
+        cases = {"host", "plugin", "plugin_shared"} if host == "restoreformer" else {"host", "plugin"}
+        assert set(res["inference"]["variants"]) == cases
+        assert set(res["training"]["variants"]) == (cases - {"host"}) | {"full"}
+        assert res["inference"]["max_abs_diff_fresh_plugin_vs_host"] <= 1e-4  # zero-initialised injection
+        for phase, ratio_keys in (("inference", ("latency_ratio", "memory_ratio")), ("training", ("time_ratio", "memory_ratio"))):
+            for case in res[phase]["variants"].values():
+                assert case["times_s"] and all(t > 0 for t in case["times_s"])
+                assert case["peak_bytes"] > 0 and case["growth_bytes"] >= 0
+                assert all(math.isfinite(case[k]) and case[k] > 0 for k in ratio_keys)
+        assert res["training"]["variants"]["full"]["optimizer_state_bytes"] > res["training"]["variants"]["plugin"]["optimizer_state_bytes"]
+        for variant in res["params"]["variants"].values():
+            assert 0 < variant["ratio"] and variant["added"] == variant["trainable"] + variant["codebook_entries"]
+    statuses = {t["target"]: t["status"] for t in data["targets"]}
+    assert all(s in ("PASS", "MISS", "not run") for s in statuses.values())
+    assert all(s == "not run" for name, s in statuses.items() if name.startswith("codeformer"))
+
+    markdown = (out / "overhead.md").read_text()
+    assert "## Inference" in markdown and "## Targets" in markdown and "| swinir |" in markdown
