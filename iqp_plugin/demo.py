@@ -1,0 +1,283 @@
+"""``make demo``: the whole IQP flow end to end on CPU, from nothing (no weights, no download).
+
+    python -m iqp_plugin.demo [--out demo_out] [--host-checkpoint F [--host-opt YAML|JSON]] [--images DIR] [--fast]
+
+1. data       crops of scikit-image's bundled photos -> OUT/data/hq (training) and OUT/data/heldout_hq
+              (other crops, for evaluation); ``--images DIR`` uses your folder instead (every 8th image held out)
+2. score      ``iqp score`` with the offline NIQE prior -> OUT/data/hq_scores.csv (and heldout_hq_scores.csv);
+              images the prior cannot score (flat crops) are set aside in OUT/data/unscored
+3. host       ``iqp train -opt configs/demo/host_swinir.yml``: a small SwinIR x2 trained from scratch by
+              BasicSR's SRModel (skipped with ``--host-checkpoint``)
+4-6. codebook, predictor, quality: the three plug-in stages (configs/demo/{codebook,predictor,quality}.yml)
+7. compare    the held-out split's seeded degraded inputs and GT -> OUT/data/heldout_{lq,gt}; then
+              ``iqp compare`` with OUT/wrapper.yml (host + plug-in) -> OUT/report/index.html and verdict lines
+
+Every step runs the ``iqp`` command a user would, in OUT; training steps on the option file written to
+OUT/configs/ (the config of configs/demo/ with the run's overrides: iterations, the host and its
+checkpoint), so each step can be rerun by hand. A rerun reuses what exists (data, scores,
+``net_g_latest.pth``, the report; delete one to redo its step) and resumes an interrupted training.
+OUT/demo.json records the options, and a rerun with other options is refused. ``--fast``: a minimal
+budget for tests.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import yaml
+from tqdm import tqdm
+
+from iqp_plugin.datasets import IQPDegradedDataset, list_images
+from iqp_plugin.sample_data import write_crops
+from iqp_plugin.scoring import sidecar_path
+from iqp_plugin.train import read_options
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"
+STAGES = ("codebook", "predictor", "quality")
+#: Side of the training crops and of the held-out crops (NIQE is steadier on larger images).
+CROP, HELDOUT_CROP = 96, 192
+#: Training crops, held-out crops and iterations per config (None: as in the config) of each budget.
+BUDGETS = {
+    "default": {"crops": 64, "heldout": 12, "iters": {}},
+    "fast": {"crops": 16, "heldout": 2, "iters": {"host_swinir": 12, "codebook": 3, "predictor": 6, "quality": 2}},
+}
+ITER = re.compile(r"\[epoch:\s*\d+, iter:\s*([\d,]+)")
+LOSS = re.compile(r"\b(l_\w+): (\S+)")
+IQP = str(Path(sys.executable).with_name("iqp"))  # the console script installed beside this interpreter
+ENV = {**os.environ, "PYTHONWARNINGS": "ignore::FutureWarning,ignore:torch.meshgrid"}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m iqp_plugin.demo", description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="demo_out", help="output folder (reused by a rerun)")
+    p.add_argument("--host-checkpoint", help="your trained host's weights: skips training the demo host")
+    p.add_argument("--host-opt", help="its arch options: a YAML/JSON file (bare or with network_g) or inline JSON "
+                                      "(default: the demo host of configs/demo/host_swinir.yml)")
+    p.add_argument("--images", help="your HQ image folder instead of the bundled photos")
+    p.add_argument("--fast", action="store_true", help="minimal budget (tests)")
+    args = p.parse_args(argv)
+    if args.host_opt and not args.host_checkpoint:
+        p.error("--host-opt needs --host-checkpoint")
+    return args
+
+
+def load_host_opt(text: str) -> dict:
+    """Host arch options from a YAML/JSON file (a bare dict or an option file's network_g) or inline JSON."""
+    opt = yaml.safe_load(Path(text).read_text() if Path(text).is_file() else text)
+    opt = opt.get("network_g", opt) if isinstance(opt, dict) else opt
+    if not isinstance(opt, dict) or "type" not in opt:
+        raise ValueError(f"--host-opt must give the host's arch options with a 'type', got {text!r}")
+    return opt
+
+
+def set_option(opt: dict, key: str, value) -> None:
+    """Set ``opt['a']['b'] = value`` for ``key`` 'a:b' (as BasicSR's --force_yml)."""
+    *parents, last = key.split(":")
+    for k in parents:
+        opt = opt[k]
+    opt[last] = value
+
+
+def check_stamp(out: Path, stamp: dict) -> None:
+    """Refuse to mix runs: OUT/demo.json records the options the folder was made with."""
+    path = out / "demo.json"
+    if path.exists() and json.loads(path.read_text()) != stamp:
+        raise SystemExit(f"demo: {out} was made with other options ({path.read_text().strip()}); "
+                         "use another --out or delete it")
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(stamp))
+
+
+def make_data(out: Path, images: str | None, budget: dict) -> str:
+    """Step 1: training and held-out HQ folders; 'reused' when nothing new was written."""
+    hq, held = out / "data" / "hq", out / "data" / "heldout_hq"
+    before = [len(list_images(d)) if d.is_dir() else 0 for d in (hq, held)]
+    if images:
+        src = Path(images).resolve()
+        names = list_images(src)
+        if len(names) < 8:
+            raise ValueError(f"--images needs at least 8 images (every 8th is held out), {src} has {len(names)}")
+        for i, name in enumerate(names):
+            link = (held if i % 8 == 7 else hq) / name
+            if not os.path.lexists(link):
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(src / name)
+    else:
+        write_crops(hq, budget["crops"], CROP, seed=0)
+        write_crops(held, budget["heldout"], HELDOUT_CROP, seed=1)
+    unscored = out / "data" / "unscored"
+    for path in unscored.rglob("*.*"):  # set aside by step 2 earlier: keep them out
+        (out / "data" / path.relative_to(unscored)).unlink(missing_ok=True)
+    after = [len(list_images(d)) for d in (hq, held)]
+    print(f"{after[0]} training images in {hq}, {after[1]} held-out in {held}")
+    return "reused" if after == before else "ran"
+
+
+def iqp(args: list[str], cwd: Path) -> list[str]:
+    """The ``iqp`` command line for ``args``, printed as it would be typed."""
+    print(f"$ cd {shlex.quote(str(cwd))} && iqp {shlex.join(args)}", flush=True)
+    return [IQP, *args]
+
+
+def run_iqp(args: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``iqp ARGS`` in ``cwd``; stop the demo if it fails."""
+    done = subprocess.run(iqp(args, cwd), cwd=cwd, env=ENV, text=True, **kwargs)
+    if done.returncode:
+        raise SystemExit(f"demo: 'iqp {args[0]}' failed with exit code {done.returncode}")
+    return done
+
+
+def score(out: Path) -> str:
+    """Step 2: offline-prior scores of the training and held-out images -> OUT/data/<folder>_scores.csv.
+
+    Images the prior cannot score (flat crops, e.g. the black border of the retina photo) are moved to
+    OUT/data/unscored, so that every training target has a score.
+    """
+    status = "reused"
+    for folder in ("hq", "heldout_hq"):
+        csv = f"data/{folder}_scores.csv"
+        if not (out / csv).exists():
+            run_iqp(["score", "-i", f"data/{folder}", "-o", csv, "--metrics", "niqe"], out)
+            status = "ran"
+        for failed in json.loads(sidecar_path(out / csv).read_text())["failed"]:
+            path, aside = (out / "data" / sub / folder / failed["imagename"] for sub in ("", "unscored"))
+            if os.path.lexists(path):
+                aside.parent.mkdir(parents=True, exist_ok=True)
+                path.rename(aside)
+                print(f"set aside {path.name}: {failed['error']}")
+    return status
+
+
+def stage_options(config: str, overrides: dict) -> dict:
+    """The options of configs/demo/<config>.yml with ``overrides`` ({'a:b': value}) applied."""
+    opt = read_options(str(CONFIGS / f"{config}.yml"))
+    for key, value in overrides.items():
+        set_option(opt, key, value)
+    return opt
+
+
+def checkpoint(out: Path, opt: dict) -> Path:
+    """The ``net_g_latest.pth`` a training with options ``opt`` writes under ``out``."""
+    return out / "experiments" / opt["name"] / "models" / "net_g_latest.pth"
+
+
+def train(out: Path, config: str, opt: dict) -> str:
+    """Steps 3-6: write OUT/configs/<config>.yml and train it in OUT (resuming), with a progress bar."""
+    if checkpoint(out, opt).exists():
+        return "reused"
+    path = out / "configs" / f"{config}.yml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(f"# configs/demo/{config}.yml as run by iqp_plugin.demo\n" + yaml.safe_dump(opt, sort_keys=False))
+    cmd = iqp(["train", "-opt", f"configs/{config}.yml", "--auto_resume"], out)
+    proc = subprocess.Popen(cmd, cwd=out, env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines = []
+    with tqdm(total=opt["train"]["total_iter"], desc=config, unit="it") as bar:
+        for line in proc.stdout:
+            lines.append(line)
+            match = ITER.search(line)
+            if match:
+                bar.update(int(match[1].replace(",", "")) - bar.n)
+                bar.set_postfix_str(" ".join(f"{k}={v}" for k, v in LOSS.findall(line)))
+            elif "Validation" in line or "\t # " in line or "HQ codebook threshold" in line:
+                bar.write(line.rstrip())
+        if proc.wait() == 0:
+            bar.total = bar.n  # BasicSR drops incomplete batches: an epoch may end a few iterations short
+    if proc.returncode:
+        raise SystemExit(f"{''.join(lines[-40:])}\ndemo: training {config} failed (exit code {proc.returncode}); "
+                         f"full log under {out / 'experiments' / opt['name']}")
+    return "ran"
+
+
+def write_heldout(out: Path, val_opt: dict, scale: int) -> None:
+    """The held-out split's seeded degraded inputs and their GT as PNGs in OUT/data/heldout_{lq,gt}."""
+    ds = IQPDegradedDataset({**val_opt, "dataroot_gt": str(out / "data" / "heldout_hq"), "scale": scale,
+                             "phase": "val"})
+    for i, name in enumerate(ds.gt_names):
+        sample = ds[i]
+        for key in ("lq", "gt"):
+            path = out / "data" / f"heldout_{key}" / Path(name).with_suffix(".png")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            img = (sample[key].permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype("uint8")
+            cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+
+
+def compare(out: Path, opt: dict, host_checkpoint: Path) -> str:
+    """Step 7: held-out LQ/GT, OUT/wrapper.yml and ``iqp compare`` into OUT/report (verdicts kept in verdicts.txt)."""
+    verdicts = out / "report" / "verdicts.txt"
+    if verdicts.exists():
+        print(verdicts.read_text(), end="")
+        return "reused"
+    write_heldout(out, opt["datasets"]["val"], opt["scale"])
+    net = {**opt["network_g"], "host_checkpoint": str(host_checkpoint)}
+    wrapper = {"network_g": net, "plugin_checkpoint": str(checkpoint(out, opt))}
+    (out / "wrapper.yml").write_text(yaml.safe_dump(wrapper, sort_keys=False))
+    done = run_iqp(["compare", "-i", "data/heldout_lq", "--gt", "data/heldout_gt", "-o", "report",
+                    "--config", "wrapper.yml"], out, stdout=subprocess.PIPE)
+    print(done.stdout, end="")
+    verdicts.write_text("".join(line for line in done.stdout.splitlines(True) if " is better): " in line))
+    return "ran"
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its finished subprocesses."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    out = Path(args.out).resolve()
+    budget = BUDGETS["fast" if args.fast else "default"]
+    host_ckpt = Path(args.host_checkpoint).resolve() if args.host_checkpoint else None
+    if host_ckpt and not host_ckpt.is_file():
+        raise FileNotFoundError(f"--host-checkpoint not found: {host_ckpt}")
+    host_opt = load_host_opt(args.host_opt) if args.host_opt else None
+    check_stamp(out, {"fast": args.fast, "images": args.images and str(Path(args.images).resolve()),
+                      "host_checkpoint": host_ckpt and str(host_ckpt), "host_opt": host_opt})
+
+    def iters(config: str) -> dict:
+        n = budget["iters"].get(config)
+        return {"train:total_iter": n, "logger:print_freq": 1} if n else {}
+
+    opts = {"host_swinir": stage_options("host_swinir", iters("host_swinir"))}
+    host_ckpt = host_ckpt or checkpoint(out, opts["host_swinir"])
+    arch = host_opt or opts["host_swinir"]["network_g"]  # the stages wrap exactly the host that was trained
+    for c in STAGES:
+        opts[c] = stage_options(c, {**iters(c), "network_g:host": arch, "network_g:host_checkpoint": str(host_ckpt),
+                                    "scale": int(arch.get("upscale", arch.get("scale", 1)))})
+    steps = [("data", "HQ targets and held-out images", lambda: make_data(out, args.images, budget)),
+             ("score", "offline prior (NIQE) scores of the HQ targets", lambda: score(out)),
+             ("host", "train the demo host (small SwinIR x2, BasicSR SRModel)",
+              lambda: "given" if args.host_checkpoint else train(out, "host_swinir", opts["host_swinir"])),
+             *[(c, f"plug-in stage {i + 1}/3", lambda c=c: train(out, c, opts[c])) for i, c in enumerate(STAGES)],
+             ("compare", "host alone vs host + IQP on the held-out degraded images",
+              lambda: compare(out, opts["quality"], host_ckpt))]
+    times = []
+    for i, (name, what, fn) in enumerate(steps):
+        print(f"\n== step {i + 1}/{len(steps)} {name}: {what}", flush=True)
+        t, cpu = time.perf_counter(), cpu_seconds()
+        status = fn()
+        times.append((name, status, time.perf_counter() - t, cpu_seconds() - cpu))
+    print(f"\n== summary ({out})\nstep       status      wall s    cpu s")
+    for name, status, seconds, cpu in times:
+        print(f"{name:<10} {status:<7} {seconds:9.1f} {cpu:8.1f}")
+    print(f"{'total':<18} {time.perf_counter() - start:9.1f} {cpu_seconds():8.1f}")
+    print("".join((out / "report" / "metrics.md").read_text().splitlines(True)[:3]), end="")
+    print((out / "report" / "verdicts.txt").read_text(), end="")
+    print(f"report: {out / 'report' / 'index.html'}")
+
+
+if __name__ == "__main__":
+    from iqp_plugin.cli import run
+
+    run(main)
