@@ -40,6 +40,20 @@ def main(argv: list[str] | None = None) -> None:
 
     sys.argv = [sys.argv[0], *argv]
     train_pipeline(os.getcwd())
+    _close_process_group()
+
+
+def _close_process_group() -> None:
+    """After a successful run, wait for every rank, then close the process group before exiting.
+
+    BasicSR validates on rank 0 only after training; without this, the other ranks exit while rank 0 still
+    holds the group open and gloo aborts them ("terminate called without an active exception").
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
