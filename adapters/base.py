@@ -65,6 +65,11 @@ class HostAdapter:
         """The host's own (K, C) codebook in ``feat`` space, or None when the host has none."""
         return None
 
+    def decoder_blocks(self) -> list[nn.Module]:
+        """Host blocks between ``z`` and the output whose activations training may recompute in the
+        backward pass instead of storing them (none by default). The blocks must not nest."""
+        return []
+
 
 ADAPTERS: dict[str, type[HostAdapter]] = {}
 

@@ -101,3 +101,8 @@ class CodeFormerAdapter(HostAdapter):
     def codebook(self) -> torch.Tensor:
         """The host's (1024, 256) codebook, in ``lq_feat`` space."""
         return self.host.quantize.embedding.weight
+
+    def decoder_blocks(self) -> list[torch.nn.Module]:
+        """The generator's blocks other than its single convolutions, and the skip-fusion blocks."""
+        blocks = [b for b in self.host.generator.blocks if not isinstance(b, torch.nn.Conv2d)]
+        return [*blocks, *self.host.fuse_convs_dict.values()]

@@ -25,7 +25,9 @@ from __future__ import annotations
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY
 from spandrel.architectures.RestoreFormer import RestoreFormer
-from spandrel.architectures.RestoreFormer.__arch.restoreformer_arch import MultiHeadDecoderTransformer
+from spandrel.architectures.RestoreFormer.__arch.restoreformer_arch import (MultiHeadAttnBlock,
+                                                                           MultiHeadDecoderTransformer, ResnetBlock,
+                                                                           Upsample)
 
 from adapters.base import Bottleneck, HostAdapter, register_adapter
 
@@ -88,3 +90,7 @@ class RestoreFormerAdapter(HostAdapter):
     def codebook(self) -> torch.Tensor:
         """The host's (n_embed, embed_dim) codebook, in ``feat`` space."""
         return self.host.quantize.embedding.weight
+
+    def decoder_blocks(self) -> list[torch.nn.Module]:
+        """The decoder's residual, cross-attention and upsampling blocks."""
+        return [m for m in self.host.decoder.modules() if isinstance(m, (ResnetBlock, MultiHeadAttnBlock, Upsample))]

@@ -17,7 +17,8 @@ Cases, per host:
   ``full`` fine-tunes every host parameter through the host's own forward (host in train mode);
   ``plugin``/``plugin_shared`` train the plug-in only, host frozen and in eval mode, as
   ``IQPWrapper``/``IQPModel`` do (the L1 loss back-propagates through the frozen host decoder, the
-  costliest plug-in step: stage 3 of IQPModel).
+  costliest plug-in step: stage 3 of IQPModel), with the default ``recompute_decoder: true``;
+  ``plugin_stored`` is ``plugin`` with ``recompute_decoder: false`` (every decoder activation stored).
 
 Every measured run is timed and its peak memory recorded (see ``benchmarks/common.py`` for what is
 measured on CPU and on CUDA). Cases of one host run in one worker process, interleaved round by round,
@@ -263,9 +264,10 @@ def _train_cases(torch, wrapper, plugins, x, gt, kwargs):
         host.requires_grad_(False).eval()
         return loss.detach()
 
-    def plugin_step(name):
+    def plugin_step(name, recompute=True):
         def step():
             wrapper.plugin = plugins[name]
+            wrapper.recompute_decoder = recompute
             wrapper.train()  # plug-in in train mode (straight-through codes), host stays in eval
             opt = opts[name]
             opt.zero_grad(set_to_none=True)
@@ -277,6 +279,9 @@ def _train_cases(torch, wrapper, plugins, x, gt, kwargs):
         return step
 
     cases = {"full": full_step, **{name: plugin_step(name) for name in plugins}}
+    if wrapper.adapter.decoder_blocks():
+        cases["plugin_stored"] = plugin_step("plugin", recompute=False)
+        opts["plugin_stored"] = opts["plugin"]
     return cases, opts
 
 
@@ -320,7 +325,7 @@ def worker_train(spec: dict) -> dict:
     host = wrapper.host
     variants = {}
     for name, r in runs.items():
-        plugin = None if name == "full" else plugins[name]
+        plugin = None if name == "full" else plugins.get(name, plugins["plugin"])
         weights = tensor_bytes(module_tensors(host, plugin))
         opt_state = tensor_bytes(optimizer_tensors(opts[name]))
         io = tensor_bytes([x, gt])

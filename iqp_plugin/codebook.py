@@ -118,17 +118,19 @@ class DualCodebook(nn.Module):
     def _select(logits: torch.Tensor, embed: torch.Tensor, mode: str) -> torch.Tensor:
         """Codes for (B, N, K) logits: 'hard' top-1, 'straight_through' (hard forward, soft gradient),
         or 'continuous' (softmax mixture, the unquantised ablation)."""
+        if mode == "hard":
+            return F.embedding(logits.argmax(-1), embed).to(logits.dtype)
         soft = logits.softmax(-1) @ embed.to(logits.dtype)
         if mode == "continuous":
             return soft
         hard = F.embedding(logits.argmax(-1), embed).to(logits.dtype)
-        return hard if mode == "hard" else hard + soft - soft.detach()
+        return hard + soft - soft.detach()
 
     def decode(self, logits_common: torch.Tensor, logits_hq: torch.Tensor, mode: str = "hard") -> torch.Tensor:
         """(B, N, C) code features for the two index predictions."""
         common = self._select(logits_common, self.common.weight, mode)
         hq = self._select(logits_hq, self.hq.weight, mode)
-        return common + self.hq_weight * hq
+        return torch.add(common, hq, alpha=self.hq_weight)
 
     def targets(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Nearest-code indices (N,) in each branch for target features (N, C)."""

@@ -66,8 +66,16 @@ class PluginOutput:
     grid: tuple[int, int]        # (gh, gw), N = gh * gw
 
 
-def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale) + shift
+@dataclass
+class Condition:
+    """What the score(s) contribute, computed once per forward (and reused at inference, see
+    :meth:`IQPPlugin.condition_for`): ``binned``: ``tokens`` (B, 1, dim) added to every token;
+    ``adaln``: per block ``(shift1, 1 + scale1, gate1, shift2, 1 + scale2, gate2)`` and, for the output
+    norm, ``(shift, 1 + scale)``, each (B, 1, dim)."""
+
+    tokens: torch.Tensor | None
+    blocks: list[tuple[torch.Tensor, ...] | None]
+    out: tuple[torch.Tensor, torch.Tensor] | None
 
 
 class QualityBlock(nn.Module):
@@ -82,13 +90,20 @@ class QualityBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim)) if adaln else None
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
-        if self.modulation is None:
+    def modulation_for(self, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(shift1, 1 + scale1, gate1, shift2, 1 + scale2, gate2)`` for the conditioning vector ``c``."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c).unsqueeze(1).chunk(6, dim=-1)
+        return shift1, 1 + scale1, gate1, shift2, 1 + scale2, gate2
+
+    def forward(self, x: torch.Tensor, mod: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
+        if mod is None:
             x = x + self.drop_path(self.attn(self.norm1(x)))
             return x + self.drop_path(self.mlp(self.norm2(x)))
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c).unsqueeze(1).chunk(6, dim=-1)
-        x = x + self.drop_path(gate1 * self.attn(_modulate(self.norm1(x), shift1, scale1)))
-        return x + self.drop_path(gate2 * self.mlp(_modulate(self.norm2(x), shift2, scale2)))
+        shift1, factor1, gate1, shift2, factor2, gate2 = mod
+        # addcmul: x * factor + shift and x + gate * branch in one kernel each (DropPath's per-sample
+        # factor commutes with the gate)
+        x = torch.addcmul(x, gate1, self.drop_path(self.attn(torch.addcmul(shift1, self.norm1(x), factor1))))
+        return torch.addcmul(x, gate2, self.drop_path(self.mlp(torch.addcmul(shift2, self.norm2(x), factor2))))
 
 
 class ScoreEmbedding(nn.Module):
@@ -155,6 +170,7 @@ class IQPPlugin(nn.Module):
         self.head_hq = nn.Linear(dim, cfg["hq_size"])
         self.out_conv = nn.Conv2d(channels, channels, 1)
         self.mode = "straight_through"  # code selection while training; eval always uses 'hard'
+        self._condition_cache: tuple[tuple, Condition] | None = None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -206,21 +222,45 @@ class IQPPlugin(nn.Module):
             torch._assert_async(in_range, "score values must lie in [0, 1]")
         return s.to(device, non_blocking=True)
 
+    def condition(self, s: torch.Tensor) -> Condition:
+        """The score embedding and everything computed from it alone, for (B, M) scores ``s``."""
+        c = self.score_embed(s)
+        if self.out_modulation is None:  # binned: additive condition on every token
+            return Condition(c.unsqueeze(1), [None] * len(self.blocks), None)
+        shift, scale = self.out_modulation(c).unsqueeze(1).chunk(2, dim=-1)
+        return Condition(None, [block.modulation_for(c) for block in self.blocks], (shift, 1 + scale))
+
+    def condition_for(self, score, batch: int, device: torch.device) -> Condition:
+        """:meth:`condition` of :meth:`scores`; at inference with a number (or None) as ``score`` the result
+        is kept and reused while the score, batch, device, autocast dtype and conditioning weights (by
+        storage and version counter) stay the same: repeated inference skips about 30 small kernels."""
+        if self.training or torch.is_grad_enabled() or not (score is None or isinstance(score, (int, float))):
+            return self.condition(self.scores(score, batch, device))
+        autocast = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+        weights = [self.score_embed.parameters(), self.out_modulation.parameters() if self.out_modulation else ()]
+        weights += [block.modulation.parameters() for block in self.blocks if block.modulation is not None]
+        key = (score, batch, device, autocast, tuple((p.data_ptr(), p._version) for ps in weights for p in ps))
+        if self._condition_cache is None or self._condition_cache[0] != key:
+            self._condition_cache = (key, self.condition(self.scores(score, batch, device)))
+        return self._condition_cache[1]
+
+    def train(self, mode: bool = True) -> "IQPPlugin":
+        self._condition_cache = None
+        return super().train(mode)
+
     def predict(self, feat: torch.Tensor, score=None) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
         """Index logits over both codebooks for bottleneck features ``feat`` at the given score."""
         grid = self.grid_size(*feat.shape[-2:])
         x = self.in_proj(self.in_norm(self.pool(feat)))
         x = x + resample_abs_pos_embed(self.pos, list(grid), num_prefix_tokens=0)
-        s = self.scores(score, feat.shape[0], feat.device)
-        c = self.score_embed(s)
-        if self.out_modulation is None:  # binned: additive condition on every token
-            x, c = x + c.unsqueeze(1), None
-        for block in self.blocks:
-            x = block(x, c)
+        cond = self.condition_for(score, feat.shape[0], feat.device)
+        if cond.tokens is not None:
+            x = x + cond.tokens
+        for block, mod in zip(self.blocks, cond.blocks):
+            x = block(x, mod)
         x = self.out_norm(x)
-        if self.out_modulation is not None:
-            shift, scale = self.out_modulation(c).unsqueeze(1).chunk(2, dim=-1)
-            x = _modulate(x, shift, scale)
+        if cond.out is not None:
+            x = torch.addcmul(cond.out[0], x, cond.out[1])
         return self.head_common(x), self.head_hq(x), grid
 
     def forward(self, feat: torch.Tensor, z: torch.Tensor, score=None) -> PluginOutput:

@@ -7,15 +7,27 @@
       adapter: null                                          # chosen from the host type, or 'hook'
       adapter_opt: {}                                        # e.g. {at: conv_after_body} for 'hook'
       plugin: {}                                             # null: bare host; {}: defaults (DEFAULT_PLUGIN)
+      recompute_decoder: true                                # training: recompute host decoder activations
 
 Data path: ``host encoder -> plug-in(feat, z, score) -> host decoder``. The host is frozen (no
 gradients, always in eval mode) and never modified; only ``plugin`` is trainable.
+
+Training memory: a loss on the output image back-propagates through the frozen host decoder, whose
+stored activations dominate a plug-in-only step. With ``recompute_decoder`` (the default) the adapter's
+``decoder_blocks`` run under activation checkpointing while training: each block keeps only its input
+and recomputes its activations in the backward pass (less memory, one more decoder forward per step).
+Outputs and gradients are the same either way.
 """
 from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
 
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from adapters import Bottleneck, adapter_for
 from iqp_plugin.checkpoint import load_weights
@@ -28,8 +40,9 @@ class IQPWrapper(nn.Module):
     """Host restorer + IQP plug-in. ``plugin=None`` gives the bare host through its adapter."""
 
     def __init__(self, host: dict, plugin: dict | None = None, host_checkpoint: str | None = None,
-                 adapter: str | None = None, adapter_opt: dict | None = None):
+                 adapter: str | None = None, adapter_opt: dict | None = None, recompute_decoder: bool = True):
         super().__init__()
+        self.recompute_decoder = recompute_decoder
         self.host = build_arch(host, where="host")
         if host_checkpoint:
             load_weights(self.host, host_checkpoint)
@@ -59,7 +72,9 @@ class IQPWrapper(nn.Module):
             aux.append(self.plugin(b.feat, b.z, score))
             return aux[-1].z
 
-        out = self.adapter.run(lq, inject if self.plugin is not None else None, **host_kwargs)
+        recompute = self.recompute_decoder and self.training and torch.is_grad_enabled()
+        with _recomputed(self.adapter.decoder_blocks() if recompute else []):
+            out = self.adapter.run(lq, inject if self.plugin is not None else None, **host_kwargs)
         return out, (aux[-1] if aux else None)
 
     def plugin_state_dict(self) -> dict[str, torch.Tensor]:
@@ -73,3 +88,19 @@ class IQPWrapper(nn.Module):
         if self.plugin is None:
             raise ValueError("This wrapper was built with plugin=None: build it with plugin={...} first.")
         self.plugin.load_state_dict(state, strict=True)
+
+
+@contextlib.contextmanager
+def _recomputed(blocks: list[nn.Module]) -> Iterator[None]:
+    """Run ``blocks`` under (non-reentrant) activation checkpointing for the duration of the context.
+
+    Only each block's instance ``forward`` is shadowed, and removed again on exit: the host's modules,
+    parameters and state dict are untouched.
+    """
+    for block in blocks:
+        block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
+    try:
+        yield
+    finally:
+        for block in blocks:
+            del block.forward

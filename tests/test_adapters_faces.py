@@ -235,3 +235,42 @@ def test_restoreformer_full_size_through_wrapper():
         wrapped = wrapper_around(model, "RestoreFormer", {})
         assert (wrapped(x) - ref).abs().max() <= 1e-5
     assert_plugin_only_trained(wrapped, one_plugin_step(wrapped, x))
+
+
+def saved_bytes_and_grads(wrapper, x, **host_kwargs):
+    """Bytes the autograd graph keeps for backward, and the plug-in's gradients, for one L1 step."""
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel() * t.element_size())
+        return t
+
+    wrapper.train().zero_grad(set_to_none=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = torch.nn.functional.l1_loss(wrapper(x, score=0.9, **host_kwargs), torch.zeros_like(x))
+    loss.backward()
+    return sum(saved), {k: p.grad.clone() for k, p in wrapper.plugin.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("name", ["CodeFormer", "RestoreFormer", "RestoreFormerPP"])
+def test_recomputed_decoder_gives_same_gradients_with_less_stored(name, codeformer_host):
+    """Activation checkpointing of the frozen decoder: same plug-in gradients, fewer stored activations,
+    and the host's modules are left as they were."""
+    host, x, kwargs = ((codeformer_host, image(512), {"w": 0.5}) if name == "CodeFormer"
+                       else (build(name, **TINY_RF), image(64), {}))
+    wrapper = wrapper_around(host, name, {"dim": 32, "depth": 1, "heads": 2, "common_size": 16, "hq_size": 16},
+                             **({} if name == "CodeFormer" else TINY_RF))
+    torch.nn.init.normal_(wrapper.plugin.out_conv.weight, std=0.02)  # let the loss reach the Transformer
+    blocks = wrapper.adapter.decoder_blocks()
+    host_modules = {id(m) for m in wrapper.host.modules()}
+    assert len(blocks) > 5 and all(id(b) in host_modules for b in blocks)
+    stored, grads = saved_bytes_and_grads(wrapper, x, **kwargs)
+    wrapper.recompute_decoder = False
+    stored_all, grads_all = saved_bytes_and_grads(wrapper, x, **kwargs)
+    print(f"{name}: stored for backward {stored / 2**20:.1f} MiB recomputed vs {stored_all / 2**20:.1f} MiB")
+    assert stored < 0.5 * stored_all
+    assert grads.keys() == grads_all.keys() and len(grads) > 10
+    for k in grads:
+        torch.testing.assert_close(grads[k], grads_all[k], rtol=1e-5, atol=1e-7, msg=k)
+    assert not any("forward" in vars(b) for b in blocks)
+    assert sorted(wrapper.host.state_dict()) == sorted(host.state_dict())

@@ -119,6 +119,43 @@ def test_plugin_state_round_trip(tmp_path):
         assert not torch.equal(a(x), a.host(x))  # the trained plug-in does act
 
 
+@pytest.mark.parametrize("cond", ["adaln", "binned"])
+def test_inference_condition_cache_follows_score_and_weights(cond):
+    """At inference the score's conditioning is computed once and reused; a new score, a weight update
+    or training mode recomputes it, and results always equal the uncached computation."""
+    w = build("swinir", TINY_PLUGIN, cond=cond).eval()
+    plugin = w.plugin
+    for m in plugin.modules():  # a plug-in whose conditioning acts (adaLN starts at zero)
+        if isinstance(m, torch.nn.Linear):
+            torch.nn.init.normal_(m.weight, std=0.3)
+    x, calls = torch.rand(1, 3, 16, 16), []
+    compute = plugin.condition
+    plugin.condition = lambda s: calls.append(s) or compute(s)
+
+    def logits(score):
+        return w.restore(x, score=score)[1].logits_common
+
+    def uncached(score):
+        with torch.enable_grad():  # outside inference: never cached
+            return logits(score).detach()
+
+    with torch.no_grad():
+        first = logits(0.3)
+        assert torch.equal(logits(0.3), first) and len(calls) == 1  # reused
+        assert torch.equal(first, uncached(0.3)) and len(calls) == 2
+        assert not torch.allclose(logits(0.9), first) and len(calls) == 3  # another score
+        logits(torch.tensor([0.9])), logits(torch.tensor([0.9]))  # tensors: not cached
+        assert len(calls) == 5
+        logits(0.9)
+        assert len(calls) == 5
+        table = plugin.blocks[0].modulation if cond == "adaln" else plugin.score_embed
+        next(table.parameters()).add_(0.5)  # an in-place update (optimizer step, load_state_dict)
+        updated = logits(0.9)
+        assert len(calls) == 6 and torch.equal(updated, uncached(0.9))
+    w.train()
+    assert plugin._condition_cache is None
+
+
 def test_plugin_options_are_checked():
     with pytest.raises(ValueError, match="Unknown plugin option"):
         build("swinir", TINY_PLUGIN, depht=3)
