@@ -7,7 +7,9 @@ REPORT_DIR gets ``images/{input,host,iqp,score_<s>}/`` (8-bit PNGs), ``grids/`` 
 [| GT] per image, labelled), ``metrics.csv`` and ``metrics.md`` (per image and mean: every NR metric of
 the prior and the held-out ones; PSNR/SSIM against GT), ``sweep.csv`` and ``sweep.png`` (mean NR score
 vs the conditioning score) and ``index.html`` showing it all (relative links). Every number is computed
-on the saved files, reloaded, so it matches what a viewer sees. One verdict line per metric is printed.
+on the saved files, reloaded, so it matches what a viewer sees. One verdict line per metric is printed:
+'better' / 'worse' when the mean paired per-image difference (host+IQP minus host) is at least two
+standard errors from zero, else 'same' (within noise), with the difference and its standard error.
 
 GT files are matched by relative path, else by name with LR/HR/LQ/GT/x<scale> tokens removed
 (``img_001_SRF_4_LR.png`` <-> ``img_001_SRF_4_HR.png``).
@@ -38,7 +40,9 @@ from iqp_plugin.inference import (
 )
 from iqp_plugin.quality import create_prior
 
-#: Relative difference of the means under which a metric's verdict is 'same'.
+#: A verdict is 'same' when the mean paired difference is under this many standard errors (or under
+#: SAME_RTOL of the host's mean, for differences a single image cannot resolve).
+NOISE_SE = 2.0
 SAME_RTOL = 1e-4
 FULL_REF = {"psnr": False, "ssim": False}  # metric -> lower_better
 
@@ -112,15 +116,19 @@ def make_grid(panels: list[tuple[str, np.ndarray]]) -> np.ndarray:
     return np.hstack(tiles[:-1])
 
 
-def verdict(metric: str, host: float, iqp: float, lower_better: bool) -> str:
-    """'better' / 'worse' / 'same' for host+IQP against the host, with the mean difference."""
-    diff = iqp - host
-    if abs(diff) <= SAME_RTOL * max(abs(host), 1e-8):
-        word = "same"
+def verdict(metric: str, host: list[float], iqp: list[float], lower_better: bool) -> str:
+    """'better' / 'worse' / 'same' (within noise) for host+IQP against the host, from per-image values:
+    the mean paired difference and its standard error."""
+    diffs = np.asarray(iqp, dtype=np.float64) - np.asarray(host, dtype=np.float64)
+    diff, host_mean = float(diffs.mean()), float(np.mean(host))
+    sem = float(diffs.std(ddof=1) / np.sqrt(len(diffs))) if len(diffs) > 1 else 0.0
+    if abs(diff) <= max(NOISE_SE * sem, SAME_RTOL * max(abs(host_mean), 1e-8)):
+        word = "same (within noise)"
     else:
         word = "better" if (diff < 0) == lower_better else "worse"
     direction = "lower" if lower_better else "higher"
-    return f"{metric} ({direction} is better): {word}, mean {host:.4f} -> {iqp:.4f} ({diff:+.4f})"
+    return (f"{metric} ({direction} is better): {word}, mean {host_mean:.4f} -> {float(np.mean(iqp)):.4f} "
+            f"({diff:+.4f} ± {sem:.4f} s.e., {len(diffs)} images)")
 
 
 def write_table(out: Path, rows: list[dict], metrics: list[str]) -> None:
@@ -254,7 +262,8 @@ def main(argv: list[str] | None = None) -> None:
          ["host", *(mean[f"{m}_host"] for m in nr.metrics)]])
     write_atomic(out / "sweep.csv", buf.getvalue().encode())
     plot_sweep(out / "sweep.png", sweep_scores, curves, {m: mean[f"{m}_host"] for m in nr.metrics}, lower)
-    verdicts = [verdict(m, mean[f"{m}_host"], mean[f"{m}_iqp"], lower[m]) for m in metrics]
+    verdicts = [verdict(m, [r[f"{m}_host"] for r in rows[1:]], [r[f"{m}_iqp"] for r in rows[1:]], lower[m])
+                for m in metrics]
     seconds = time.perf_counter() - start
     write_html(out, verdicts, rows, metrics, grids, seconds)
     for line in verdicts:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,19 +23,24 @@ def _photo(name: str) -> np.ndarray:
     return getattr(skdata, name)()
 
 
-def write_crops(out_dir: str | Path, count: int = 48, size: int = 64, seed: int = 0) -> list[Path]:
-    """Write ``count`` random ``size`` x ``size`` PNG crops of the bundled photos; existing files are kept."""
+def write_crops(out_dir: str | Path, count: int = 48, size: int = 64, seed: int = 0,
+                photos: Sequence[str] = PHOTOS) -> list[Path]:
+    """Write ``count`` random ``size`` x ``size`` PNG crops of the bundled ``photos`` (names from
+    :data:`PHOTOS`, taken in turn); existing files are kept."""
+    unknown = set(photos) - set(PHOTOS)
+    if unknown:
+        raise ValueError(f"unknown photo(s) {sorted(unknown)}; bundled: {', '.join(PHOTOS)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    photos = [_photo(name) for name in PHOTOS]
+    images = [_photo(name) for name in photos]
     paths = []
     for i in range(count):
-        k = i % len(photos)
-        img = photos[k]
+        k = i % len(images)
+        img = images[k]
         y = rng.integers(0, img.shape[0] - size + 1)
         x = rng.integers(0, img.shape[1] - size + 1)
-        path = out / f"{PHOTOS[k]}_{i:04d}.png"
+        path = out / f"{photos[k]}_{i:04d}.png"
         if not path.exists():
             tmp = path.with_suffix(".tmp.png")
             Image.fromarray(np.ascontiguousarray(img[y:y + size, x:x + size, :3])).save(tmp)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from iqp_plugin.cli import run
-from iqp_plugin.compare import main as compare_main
+from iqp_plugin.compare import main as compare_main, verdict
 from iqp_plugin.offline_metrics import create_metric
 from tests.test_restore import make_model, rand_img
 
@@ -51,6 +51,19 @@ def test_compare_writes_report_with_matching_numbers(tmp_path, capsys):
     for key in ("niqe_host", "niqe_iqp", "psnr_iqp"):
         assert float(rows["mean"][key]) == pytest.approx(np.mean([float(rows[n][key]) for n in rows if n != "mean"]))
     assert float(rows["mean"]["niqe_iqp"]) != float(rows["mean"]["niqe_host"])  # the plug-in changes the output
+
+
+def test_verdict_is_same_within_two_standard_errors():
+    host = [5.0, 6.0, 7.0, 8.0]
+    # paired differences -0.3, +0.1, -0.2, +0.2: mean -0.05, standard error 0.119
+    assert "same (within noise)" in verdict("niqe", host, [4.7, 6.1, 6.8, 8.2], lower_better=True)
+    consistent = [h - 0.2 + d for h, d in zip(host, [0.01, -0.01, 0.02, -0.02])]  # -0.2 +- 0.009
+    assert ": better, " in verdict("niqe", host, consistent, lower_better=True)
+    assert ": worse, " in verdict("psnr", host, consistent, lower_better=False)
+    line = verdict("psnr", host, consistent, lower_better=False)
+    assert "(-0.2000 ± 0.0091 s.e., 4 images)" in line and "mean 6.5000 -> 6.3000" in line
+    assert ": worse, " in verdict("psnr", [30.0], [29.0], lower_better=False)  # one image: no noise estimate
+    assert "same" in verdict("psnr", [30.0], [30.0], lower_better=False)
 
 
 @pytest.mark.parametrize("extra, message", [(["--scores", "0.5,2"], "scores must lie in [0, 1]"),

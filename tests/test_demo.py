@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from iqp_plugin.demo import STAGES, parse_args
+from iqp_plugin.demo import HELDOUT_PHOTOS, STAGES, parse_args
 from tests.conftest import REPO
 
 
@@ -28,6 +28,8 @@ def test_fast_demo_writes_report_and_rerun_reuses_everything(tmp_path):
     assert all(p.is_file() for p in checkpoints)
     assert sorted(p.name for p in (out / "data" / "heldout_lq").iterdir()) == \
         sorted(p.name for p in (out / "data" / "heldout_gt").iterdir())
+    photo = lambda folder: {p.name.rsplit("_", 1)[0] for p in (out / "data" / folder).glob("*.png")}  # noqa: E731
+    assert photo("heldout_hq") == set(HELDOUT_PHOTOS) and not photo("hq") & set(HELDOUT_PHOTOS)  # unseen scenes
     stamps = {p: p.stat().st_mtime_ns for p in [*checkpoints, report / "index.html", out / "data" / "hq_scores.csv"]}
 
     second = run_demo(out)
