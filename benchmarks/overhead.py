@@ -165,6 +165,8 @@ def worker_infer(spec: dict) -> dict:
     x = _image(torch, cfg["size"], cfg["range"], device, spec["batch"], 1)
     host = wrapper.host.eval()
     wrapper.eval()
+    for plugin in plugins.values():  # the extra plug-ins are not children of the wrapper yet
+        plugin.eval()
     outputs = {}  # the last output of each case: a fresh plug-in must reproduce the host
 
     def host_case():
