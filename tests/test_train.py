@@ -71,6 +71,17 @@ def test_unknown_type_lists_close_matches(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+def test_misspelled_option_names_close_matches(tmp_path):
+    opt = yaml.safe_load(CONFIG.read_text())
+    opt["network_g"]["recompute_decodr"] = False
+    bad = tmp_path / "bad.yml"
+    bad.write_text(yaml.safe_dump(opt))
+    out = run(tmp_path, "-opt", str(bad))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert ("network_g: IQPWrapper has no option 'recompute_decodr' (did you mean: recompute_decoder?). "
+            "Its options: host, plugin, host_checkpoint, adapter, adapter_opt, recompute_decoder.") in out.stderr
+
+
 def test_missing_option_file_names_the_path(tmp_path):
     out = run(tmp_path, "-opt", "configs/nope.yml")
     assert out.returncode == 2 and "Option file not found: configs/nope.yml" in out.stderr
