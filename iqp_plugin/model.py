@@ -212,7 +212,7 @@ class IQPModel(BaseModel):
 
     def _skip_step(self, what: str, losses: dict) -> None:
         self.skipped_steps += 1
-        values = {k: float(v) for k, v in losses.items()}
+        values = {k: float(v.detach()) for k, v in losses.items()}
         warnings.warn(f"non-finite {what} {values}: step skipped, weights unchanged ({self.skipped_steps} so far)")
         get_root_logger().warning(f"Skipped a step with a non-finite {what}: {values}")
         self.optimizer_g.zero_grad(set_to_none=True)
