@@ -249,7 +249,10 @@ def score_folders(roots: list[str | Path], out: str | Path, prior: Prior | None 
             _score_items(todo, prior, partial, batch, _device(device), progress and rank == 0)
         if world > 1:
             dist.barrier()
-        return _merge(items, prior, out, norm) if rank == 0 else None
+        merged = _merge(items, prior, out, norm) if rank == 0 else None
+        if world > 1:
+            dist.barrier()  # leave together: a rank that exits while rank 0 merges can make gloo abort it
+        return merged
     finally:
         if owned:
             dist.destroy_process_group()
