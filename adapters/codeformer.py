@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from spandrel_extra_arches.architectures.CodeFormer import CodeFormer as SpandrelCodeFormer
-from spandrel_extra_arches.architectures.CodeFormer.__arch.codeformer import adaptive_instance_normalization
+from spandrel_extra_arches.architectures.CodeFormer.__arch.codeformer import (AttnBlock, ResBlock, Upsample,
+                                                                             adaptive_instance_normalization)
 
 from adapters.base import Bottleneck, HostAdapter, register_adapter
 
@@ -54,6 +55,7 @@ class CodeFormerAdapter(HostAdapter):
     name = "codeformer"
     host_types = ("CodeFormer",)
     image_range = (-1.0, 1.0)
+    input_size = 512
 
     @property
     def channels(self) -> int:
@@ -65,8 +67,9 @@ class CodeFormerAdapter(HostAdapter):
 
         ``ctx`` also holds ``lq_feat`` and the Transformer's ``logits`` (B, h*w, K).
         """
-        if tuple(x.shape[-2:]) != (512, 512):
-            raise ValueError(f"CodeFormer takes 512x512 inputs (its code grid is fixed), got {tuple(x.shape[-2:])}")
+        if tuple(x.shape[-2:]) != (self.input_size,) * 2:
+            raise ValueError(f"CodeFormer takes {self.input_size}x{self.input_size} inputs (its code grid is fixed), "
+                             f"got {tuple(x.shape[-2:])}")
         host = self.host
         skip_at = [host.fuse_encoder_block[size] for size in host.connect_list]
         skips = {}
@@ -103,6 +106,6 @@ class CodeFormerAdapter(HostAdapter):
         return self.host.quantize.embedding.weight
 
     def decoder_blocks(self) -> list[torch.nn.Module]:
-        """The generator's blocks other than its single convolutions, and the skip-fusion blocks."""
-        blocks = [b for b in self.host.generator.blocks if not isinstance(b, torch.nn.Conv2d)]
+        """The generator's residual, attention and upsampling blocks, and the skip-fusion blocks."""
+        blocks = [b for b in self.host.generator.blocks if isinstance(b, (ResBlock, AttnBlock, Upsample))]
         return [*blocks, *self.host.fuse_convs_dict.values()]

@@ -105,6 +105,7 @@ class IQPModel(BaseModel):
         train_opt = self.opt["train"]
         self.net_g.train()
         self.plugin.mode = "continuous" if train_opt.get("quality_mode") == "continuous" else "straight_through"
+        self.plugin_ema.mode = self.plugin.mode  # validation decodes as the run trains
         self.ema_decay = train_opt.get("ema_decay", 0.995)
         self.log_dict = OrderedDict()
         if self.stage == "codebook":

@@ -169,7 +169,11 @@ class IQPPlugin(nn.Module):
         self.head_common = nn.Linear(dim, self.codebook.common.size)
         self.head_hq = nn.Linear(dim, cfg["hq_size"])
         self.out_conv = nn.Conv2d(channels, channels, 1)
-        self.mode = "straight_through"  # code selection while training; eval always uses 'hard'
+        #: code selection: 'straight_through' while training, 'hard' at eval; 'continuous' (the unquantised
+        #: ablation) decodes the softmax mixture in both
+        self.mode = "straight_through"
+        #: reuse the score's conditioning between inference calls (see :meth:`condition_for`); off by default
+        self.cache_condition = False
         self._condition_cache: tuple[tuple, Condition] | None = None
         self._init_weights()
 
@@ -231,18 +235,26 @@ class IQPPlugin(nn.Module):
         return Condition(None, [block.modulation_for(c) for block in self.blocks], (shift, 1 + scale))
 
     def condition_for(self, score, batch: int, device: torch.device) -> Condition:
-        """:meth:`condition` of :meth:`scores`; at inference with a number (or None) as ``score`` the result
-        is kept and reused while the score, batch, device, autocast dtype and conditioning weights (by
-        storage and version counter) stay the same: repeated inference skips about 30 small kernels."""
-        if self.training or torch.is_grad_enabled() or not (score is None or isinstance(score, (int, float))):
+        """:meth:`condition` of :meth:`scores`, reused between calls when ``cache_condition`` is set (as
+        ``iqp restore``/``compare`` do: about 30 fewer small kernels per call).
+
+        The cache applies at inference only (eval mode, no grad) with a number or None as ``score``, and is
+        keyed on the score, batch, device, autocast dtype and the conditioning weights' storage and version
+        counter. Writes through ``.data`` (as EMA updates do) bypass the version counter: leave the cache
+        off while weights still change.
+        """
+        if (not self.cache_condition or self.training or torch.is_grad_enabled()
+                or not (score is None or isinstance(score, (int, float)))):
             return self.condition(self.scores(score, batch, device))
         autocast = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
         weights = [self.score_embed.parameters(), self.out_modulation.parameters() if self.out_modulation else ()]
         weights += [block.modulation.parameters() for block in self.blocks if block.modulation is not None]
+        score = self.cfg["target_score"] if score is None else score
         key = (score, batch, device, autocast, tuple((p.data_ptr(), p._version) for ps in weights for p in ps))
-        if self._condition_cache is None or self._condition_cache[0] != key:
-            self._condition_cache = (key, self.condition(self.scores(score, batch, device)))
-        return self._condition_cache[1]
+        cached = self._condition_cache
+        if cached is None or cached[0] != key:
+            cached = self._condition_cache = (key, self.condition(self.scores(score, batch, device)))
+        return cached[1]
 
     def train(self, mode: bool = True) -> "IQPPlugin":
         self._condition_cache = None
@@ -266,7 +278,8 @@ class IQPPlugin(nn.Module):
     def forward(self, feat: torch.Tensor, z: torch.Tensor, score=None) -> PluginOutput:
         """Predict codes from ``feat`` and return the decoder input ``z' = z + U(W_o (q - P(z)))``."""
         logits_c, logits_h, grid = self.predict(feat, score)
-        codes = self.codebook.decode(logits_c, logits_h, self.mode if self.training else "hard")
+        codes = self.codebook.decode(logits_c, logits_h,
+                                     self.mode if self.training or self.mode == "continuous" else "hard")
         delta = rearrange(codes - self.pool(z), "b (h w) c -> b c h w", h=grid[0], w=grid[1])
         delta = self.out_conv(delta)
         if tuple(z.shape[-2:]) != grid:

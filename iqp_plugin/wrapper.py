@@ -94,13 +94,18 @@ class IQPWrapper(nn.Module):
 def _recomputed(blocks: list[nn.Module]) -> Iterator[None]:
     """Run ``blocks`` under (non-reentrant) activation checkpointing for the duration of the context.
 
-    Only each block's instance ``forward`` is shadowed, and removed again on exit: the host's modules,
-    parameters and state dict are untouched.
+    Only each block's instance ``forward`` is shadowed, and put back as it was on exit: the host's modules,
+    parameters and state dict are untouched. The frozen host runs in eval mode, so no RNG state is saved.
     """
+    blocks = list({id(b): b for b in blocks}.values())
+    before = [vars(b).get("forward") for b in blocks]
     for block in blocks:
-        block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
+        block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False, preserve_rng_state=False)
     try:
         yield
     finally:
-        for block in blocks:
-            del block.forward
+        for block, forward in zip(blocks, before):
+            if forward is None:
+                del block.forward
+            else:
+                block.forward = forward

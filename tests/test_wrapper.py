@@ -125,6 +125,7 @@ def test_inference_condition_cache_follows_score_and_weights(cond):
     or training mode recomputes it, and results always equal the uncached computation."""
     w = build("swinir", TINY_PLUGIN, cond=cond).eval()
     plugin = w.plugin
+    plugin.cache_condition = True
     for m in plugin.modules():  # a plug-in whose conditioning acts (adaLN starts at zero)
         if isinstance(m, torch.nn.Linear):
             torch.nn.init.normal_(m.weight, std=0.3)
@@ -156,6 +157,23 @@ def test_inference_condition_cache_follows_score_and_weights(cond):
     assert plugin._condition_cache is None
 
 
+def test_condition_is_not_cached_by_default():
+    """Training code updates weights through ``.data`` (EMA), which no version counter sees: without
+    ``cache_condition`` every inference call recomputes the conditioning."""
+    w = build("swinir", TINY_PLUGIN).eval()
+    for m in w.plugin.modules():
+        if isinstance(m, torch.nn.Linear):
+            torch.nn.init.normal_(m.weight, std=0.3)
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        before = w.restore(x, score=0.9)[1].logits_common
+        w.plugin.blocks[0].modulation[1].weight.data.mul_(0.5).add_(0.1)  # as an EMA update writes
+        after = w.restore(x, score=0.9)[1].logits_common
+        w.plugin.cache_condition = True
+        fresh = w.restore(x, score=0.9)[1].logits_common
+    assert not torch.allclose(before, after) and torch.equal(after, fresh)
+
+
 def test_plugin_options_are_checked():
     with pytest.raises(ValueError, match="Unknown plugin option"):
         build("swinir", TINY_PLUGIN, depht=3)
@@ -179,6 +197,8 @@ def test_swinir_pads_sizes_off_the_window():
     w = build("swinir", TINY_PLUGIN)
     x = torch.rand(1, 3, 21, 30)
     assert w(x).shape == (1, 3, 42, 60)
+    for h, wd in [(3, 3), (1, 9)]:  # smaller than the padding: replicated instead of reflected
+        assert w(torch.rand(1, 3, h, wd)).shape == (1, 3, 2 * h, 2 * wd)
 
 
 def test_transformer_is_built_from_timm_layers():
