@@ -35,6 +35,8 @@ class HostAdapter:
     host_types: ClassVar[tuple[str, ...]] = ()
     #: value range of the host's input and output images
     image_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
+    #: side of the one square input size the host takes (aligned faces), or None for any size
+    input_size: int | None = None
 
     def __init__(self, host: nn.Module):
         self.host = host

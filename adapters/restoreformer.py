@@ -73,6 +73,11 @@ class RestoreFormerAdapter(HostAdapter):
     image_range = (-1.0, 1.0)
 
     @property
+    def input_size(self) -> int:
+        """The aligned face size the host was built for (``resolution``, 512 for the official models)."""
+        return self.host.hyperparameters["resolution"]
+
+    @property
     def channels(self) -> int:
         """Channels of the code grid (``embed_dim``, 256)."""
         return self.host.quantize.embedding.embedding_dim

@@ -27,7 +27,9 @@ class SwinIRAdapter(HostAdapter):
         host = self.host
         h, w = x.shape[-2:]
         win = host.layers[0].residual_group.blocks[0].window_size
-        x = F.pad(x, (0, -w % win, 0, -h % win), mode="reflect") if (h % win or w % win) else x
+        pad_w, pad_h = -w % win, -h % win
+        if pad_w or pad_h:  # reflect as the official code; replicate where the image is too small to reflect
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if pad_w < w and pad_h < h else "replicate")
         x = (x - host.mean.type_as(x)) * host.img_range
         first = host.conv_first(x)
         res = host.conv_after_body(host.forward_features(first)) + first

@@ -22,6 +22,7 @@ import html
 import io
 import re
 import time
+import warnings
 from pathlib import Path
 
 import cv2
@@ -36,8 +37,8 @@ from iqp_plugin.inference import (
     load_from_args,
     read_picture,
     run_batch,
-    write_atomic,
 )
+from iqp_plugin.files import write_atomic
 from iqp_plugin.quality import create_prior
 
 #: A verdict is 'same' when the mean paired difference is under this many standard errors (or under
@@ -118,8 +119,13 @@ def make_grid(panels: list[tuple[str, np.ndarray]]) -> np.ndarray:
 
 def verdict(metric: str, host: list[float], iqp: list[float], lower_better: bool) -> str:
     """'better' / 'worse' / 'same' (within noise) for host+IQP against the host, from per-image values:
-    the mean paired difference and its standard error."""
-    diffs = np.asarray(iqp, dtype=np.float64) - np.asarray(host, dtype=np.float64)
+    the mean paired difference and its standard error (images the metric could not score left out)."""
+    host, iqp = np.asarray(host, dtype=np.float64), np.asarray(iqp, dtype=np.float64)
+    scored = np.isfinite(host) & np.isfinite(iqp)
+    if not scored.any():
+        return f"{metric}: not scored (the metric failed on every image)"
+    host, iqp = host[scored], iqp[scored]
+    diffs = iqp - host
     diff, host_mean = float(diffs.mean()), float(np.mean(host))
     sem = float(diffs.std(ddof=1) / np.sqrt(len(diffs))) if len(diffs) > 1 else 0.0
     if abs(diff) <= max(NOISE_SE * sem, SAME_RTOL * max(abs(host_mean), 1e-8)):
@@ -212,9 +218,18 @@ def main(argv: list[str] | None = None) -> None:
         raise ValueError("two inputs differ only in their extension; compare them in separate runs")
 
     def nr_scores(path: Path) -> dict[str, float]:
+        """NR scores of a saved image; NaN (with a warning) where a metric cannot score it (e.g. NIQE on
+        images under 96 px or flat ones)."""
         x = torch.from_numpy(load_u8(path)).permute(2, 0, 1)[None].float().div(255).to(device)
-        with torch.no_grad():
-            return {m: float(module(x)) for m, module in modules.items()}
+        values = {}
+        for m, module in modules.items():
+            try:
+                with torch.no_grad():
+                    values[m] = float(module(x))
+            except (RuntimeError, ValueError, np.linalg.LinAlgError) as err:
+                warnings.warn(f"{m} cannot score {path}: {err}; left out of its means")
+                values[m] = float("nan")
+        return values
 
     rows, grids = [], []
     sweep = {m: [[] for _ in sweep_scores] for m in nr.metrics}
@@ -252,10 +267,12 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(row)
 
     metrics = [k[:-5] for k in rows[0] if k.endswith("_host")]
-    mean = {"image": "mean", **{k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "image"}}
+    with warnings.catch_warnings():  # a metric that scored no image: its mean is NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = {"image": "mean", **{k: float(np.nanmean([r[k] for r in rows])) for k in rows[0] if k != "image"}}
+        curves = {m: [float(np.nanmean(v)) for v in sweep[m]] for m in nr.metrics}
     rows.insert(0, mean)
     write_table(out, rows, metrics)
-    curves = {m: [float(np.mean(v)) for v in sweep[m]] for m in nr.metrics}
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(
         [["score", *nr.metrics], *[[s, *(curves[m][i] for m in nr.metrics)] for i, s in enumerate(sweep_scores)],

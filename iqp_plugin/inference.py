@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,16 +25,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from iqp_plugin.options import read_yaml
 
 from iqp_plugin.checkpoint import read_checkpoint
+from iqp_plugin.files import write_atomic
 from iqp_plugin.model import file_sha256
+from iqp_plugin.options import read_yaml
+from iqp_plugin.registry import check_options
 from iqp_plugin.scoring import IMAGE_EXTENSIONS
 from iqp_plugin.wrapper import IQPWrapper
-
-#: Adapters whose hosts take one fixed square size (aligned faces); other sizes are resized in and out.
-FIXED_SIZE = {"codeformer": 512, "restoreformer": 512}
-
 
 # ---------------------------------------------------------------- model loading
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -67,15 +64,17 @@ def wrapper_options(config: str) -> tuple[dict, str | None]:
     if kind != "IQPWrapper" or "host" not in net:
         raise ValueError(f"{config}: needs network_g: {{type: IQPWrapper, host: {{...}}}} or a bare IQPWrapper "
                          f"dict with a 'host' entry (got type {kind!r}); for a bare host use --host/--host-checkpoint")
-    unknown = set(net) - {"host", "plugin", "host_checkpoint", "adapter", "adapter_opt"}
-    if unknown:
-        raise ValueError(f"{config}: unknown IQPWrapper option(s) {sorted(unknown)}")
+    check_options(IQPWrapper, net, config)
     return net, plugin_file
 
 
 def load_wrapper(net: dict, plugin_file: str | None = None, device: str | torch.device = "cpu") -> IQPWrapper:
     """Build an IQPWrapper from its options, load the plug-in file (if any) and put it in eval mode."""
     net = dict(net)
+    if net.get("plugin") is not None and not plugin_file:
+        raise ValueError("the config builds a plug-in but names no trained one: an untrained plug-in reproduces "
+                         "the host. Add plugin_checkpoint: FILE to the config or pass --plugin FILE "
+                         "(or set plugin: null for the host alone)")
     state = None
     if plugin_file:
         ckpt = read_checkpoint(plugin_file)
@@ -97,6 +96,8 @@ def load_wrapper(net: dict, plugin_file: str | None = None, device: str | torch.
             first = str(err).strip().splitlines()[:4]
             raise ValueError(f"{plugin_file} does not fit the plug-in built from {net['plugin']}: "
                              + " ".join(first)) from err
+    if wrapper.plugin is not None:
+        wrapper.plugin.cache_condition = True  # weights are fixed from here on
     return wrapper.to(device).eval()
 
 
@@ -146,8 +147,12 @@ class Picture:
 
 
 def read_picture(path: str | Path) -> Picture:
-    """Read any 8/16-bit gray, RGB or RGBA file; ValueError when it cannot be decoded (corrupt, truncated)."""
-    img = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED)
+    """Read any 8/16-bit gray, RGB or RGBA file; ValueError when it cannot be read or decoded (unreadable,
+    empty, corrupt, truncated)."""
+    try:
+        img = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED)
+    except (OSError, cv2.error) as err:
+        raise ValueError(f"cannot read image {path}: {err}") from err
     if img is None or img.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"cannot decode image {path} (corrupt, truncated or unsupported)")
     bits = 16 if img.dtype == np.uint16 else 8
@@ -177,20 +182,6 @@ def encode_picture(pic: Picture, suffix: str) -> bytes:
     if not ok:
         raise ValueError(f"cannot encode an image as {suffix}")
     return buf.tobytes()
-
-
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` through a temporary file in the same folder and ``os.replace``; no partial files."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_picture(path: str | Path, pic: Picture) -> None:
@@ -223,11 +214,11 @@ def tiled(fn, x: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
     """
     h, w = x.shape[-2:]
     th, tw = min(tile, h), min(tile, w)
-    if overlap < 0 or overlap >= min(th, tw):
-        raise ValueError(f"--tile-overlap must be in [0, tile) = [0, {min(th, tw)}), got {overlap}")
+    if overlap < 0 or overlap >= tile:
+        raise ValueError(f"--tile-overlap must be in [0, tile) = [0, {tile}), got {overlap}")
 
-    def starts(size: int, t: int) -> list[int]:
-        return sorted({*range(0, size - t, t - overlap), size - t})
+    def starts(size: int, t: int) -> list[int]:  # one crop when the side fits in a tile
+        return [0] if size <= t else sorted({*range(0, size - t, t - overlap), size - t})
 
     out = weight = None
     for top in starts(h, th):
@@ -268,7 +259,7 @@ def run_batch(wrapper: IQPWrapper, rgb: np.ndarray, score=None, tile: int = 0, o
     with a warning. ``tile`` > 0 restores in overlapping tiles (see :func:`tiled`).
     """
     h, w = rgb.shape[1:3]
-    size = FIXED_SIZE.get(wrapper.adapter.name)
+    size = wrapper.adapter.input_size
     if size and (h, w) != (size, size):
         warnings.warn(f"{type(wrapper.host).__name__} takes aligned {size}x{size} faces: {w}x{h} input "
                       f"resized to {size}x{size} and the output back")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from torch import nn
 from iqp_plugin import _compat  # noqa: F401  (before basicsr)
 from basicsr.utils.registry import LOSS_REGISTRY
 
+from iqp_plugin.files import write_atomic
 from iqp_plugin.offline_metrics import create_metric
 
 #: Named priors: metric -> weight. 'offline' needs no download; 'iqpir-face' is the authors' choice.
@@ -156,18 +156,6 @@ class Normalizer:
         d = json.loads(Path(path).read_text())
         prior = Prior(tuple(d["metrics"]), tuple(d["weights"]))
         return cls(prior, {m: tuple(r) for m, r in d["ranges"].items()}, d["norm"])
-
-
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write a text file through a temporary file and os.replace, so readers never see half of it."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @LOSS_REGISTRY.register()

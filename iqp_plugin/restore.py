@@ -19,7 +19,6 @@ import numpy as np
 from tqdm import tqdm
 
 from iqp_plugin.inference import (
-    FIXED_SIZE,
     Picture,
     add_model_args,
     find_images,
@@ -46,11 +45,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def output_paths(src: str, dst: str) -> list[tuple[Path, Path]]:
-    """(input, output) file pairs; a single input file with ``dst`` ending in an image suffix maps to it."""
+    """(input, output) file pairs; a single input file with ``dst`` ending in an image suffix maps to it.
+    An output folder inside the input folder is not searched for inputs (earlier outputs are not inputs)."""
     items = find_images(src)
     if Path(src).is_file() and Path(dst).suffix.lower() in IMAGE_EXTENSIONS:
         return [(items[0][1], Path(dst))]
-    return [(path, Path(dst) / name) for name, path in items]
+    out = Path(dst).resolve()
+    return [(path, Path(dst) / name) for name, path in items if not path.resolve().is_relative_to(out)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         if wrapper.adapter.name != "codeformer":
             raise ValueError(f"--w is CodeFormer's fidelity weight; this host is {type(wrapper.host).__name__}")
         host_kwargs["w"] = args.w
-    if args.tile and wrapper.adapter.name in FIXED_SIZE:
+    if args.tile and wrapper.adapter.input_size:
         raise ValueError(f"--tile does not apply to {type(wrapper.host).__name__}, which takes whole aligned faces")
 
     start = time.perf_counter()

@@ -28,8 +28,8 @@ def write_crops(out_dir: str | Path, count: int = 48, size: int = 64, seed: int 
     """Write ``count`` random ``size`` x ``size`` PNG crops of the bundled ``photos`` (names from
     :data:`PHOTOS`, taken in turn); existing files are kept."""
     unknown = set(photos) - set(PHOTOS)
-    if unknown:
-        raise ValueError(f"unknown photo(s) {sorted(unknown)}; bundled: {', '.join(PHOTOS)}")
+    if unknown or not photos:
+        raise ValueError(f"photos must name bundled photos ({', '.join(PHOTOS)}), got {list(photos)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

@@ -27,7 +27,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from iqp_plugin.quality import DEFAULT_PRIOR, Normalizer, Prior, create_prior, write_atomic
+from iqp_plugin.files import write_atomic
+from iqp_plugin.quality import DEFAULT_PRIOR, Normalizer, Prior, create_prior
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 _NOTES = {

@@ -53,6 +53,16 @@ def test_compare_writes_report_with_matching_numbers(tmp_path, capsys):
     assert float(rows["mean"]["niqe_iqp"]) != float(rows["mean"]["niqe_host"])  # the plug-in changes the output
 
 
+def test_metric_that_cannot_score_is_left_out(tmp_path, capsys):
+    config, *_ = make_model(tmp_path)
+    cv2.imwrite(str(tmp_path / "small.png"), rand_img(16, 16))  # 32 px outputs: too small for NIQE
+    with pytest.warns(UserWarning, match="niqe cannot score"):
+        run(compare_main, ["-i", str(tmp_path / "small.png"), "-o", str(tmp_path / "report"), "--config", str(config),
+                           "--metrics", "niqe", "--heldout", "", "--scores", "0.5", "--device", "cpu"])
+    assert "niqe: not scored (the metric failed on every image)" in capsys.readouterr().out
+    assert (tmp_path / "report" / "index.html").is_file()
+
+
 def test_verdict_is_same_within_two_standard_errors():
     host = [5.0, 6.0, 7.0, 8.0]
     # paired differences -0.3, +0.1, -0.2, +0.2: mean -0.05, standard error 0.119
@@ -64,6 +74,9 @@ def test_verdict_is_same_within_two_standard_errors():
     assert "(-0.2000 ± 0.0091 s.e., 4 images)" in line and "mean 6.5000 -> 6.3000" in line
     assert ": worse, " in verdict("psnr", [30.0], [29.0], lower_better=False)  # one image: no noise estimate
     assert "same" in verdict("psnr", [30.0], [30.0], lower_better=False)
+    nan = float("nan")
+    assert "(-0.2000 ± 0.0091 s.e., 4 images)" in verdict("psnr", [*host, 1.0], [*consistent, nan], lower_better=False)
+    assert "not scored" in verdict("niqe", [nan, nan], [nan, 1.0], lower_better=True)
 
 
 @pytest.mark.parametrize("extra, message", [(["--scores", "0.5,2"], "scores must lie in [0, 1]"),

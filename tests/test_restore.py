@@ -97,6 +97,14 @@ def test_restore_folder_formats_skips_and_failures(model, tmp_path, capsys):
     assert cv2.imread(str(out / "exists.png")).shape == (40, 56, 3)
 
 
+def test_output_folder_inside_the_input_folder_is_not_an_input(model, tmp_path):
+    config, *_ = model
+    cv2.imwrite(str(tmp_path / "a.png"), rand_img(16, 16))
+    for _ in range(2):
+        run(restore_main, ["-i", str(tmp_path), "-o", str(tmp_path / "out"), "--config", str(config), "--device", "cpu"])
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png")) == ["a.png", "out/a.png"]
+
+
 def test_plugin_file_alone_and_host_flags(model, tmp_path):
     _, host_file, plugin_file, wrapper = model
     src = tmp_path / "a.png"
@@ -129,6 +137,8 @@ def test_tiling_matches_whole_image(model):
         assert diff.max() < 0.005 and diff.mean() < 5e-4, (plugin, diff.max(), diff.mean())
     x = torch.rand(1, 3, 40, 24)  # normalised blending reproduces a pointwise map exactly
     assert torch.allclose(inference.tiled(lambda t: t * 2, x, 16, 4), x * 2, atol=1e-6)
+    thin = torch.rand(1, 3, 10, 200)  # thinner than the overlap: one crop across, tiles along
+    assert torch.allclose(inference.tiled(lambda t: t * 2, thin, 64, 16), thin * 2, atol=1e-6)
     batch = np.concatenate([rgb, rgb[:, ::-1].copy()])
     assert np.allclose(inference.run_batch(wrapper, batch), np.concatenate(
         [inference.run_batch(wrapper, b[None]) for b in batch]), atol=1e-5)
@@ -146,12 +156,31 @@ def test_atomic_write_leaves_nothing_when_interrupted(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_written_files_get_the_usual_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        inference.write_picture(tmp_path / "x.png", inference.Picture(np.zeros((8, 8, 3), np.float32)))
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "x.png").stat().st_mode & 0o777 == 0o644
+
+
+def test_unreadable_inputs_are_value_errors(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "dir.png").mkdir()
+    for name in ("empty.png", "dir.png"):
+        with pytest.raises(ValueError, match="cannot (read|decode) image"):
+            inference.read_picture(tmp_path / name)
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing", "input not found"),
     ("score", "--score must lie in [0, 1]"),
     ("host_arch", "does not fit SwinIR"),
     ("plugin_arch", "does not fit the plug-in"),
     ("w", "--w is CodeFormer's fidelity weight"),
+    ("untrained", "names no trained one"),
+    ("option", "IQPWrapper has no option 'host_chekpoint' (did you mean: host_checkpoint?)"),
 ])
 def test_user_errors_exit_2(model, tmp_path, capsys, case, message):
     config, host_file, _, _ = model
@@ -169,6 +198,11 @@ def test_user_errors_exit_2(model, tmp_path, capsys, case, message):
         args = args[:4] + ["--host", "SwinIR", "--host-opt", host_opt, "--host-checkpoint", str(tmp_path / "other.pth")]
     elif case == "plugin_arch":
         args += ["--plugin", str(host_file)]
+    elif case in ("untrained", "option"):
+        net = yaml.safe_load(config.read_text())["network_g"]
+        net = {**net, "plugin": TINY_PLUGIN} if case == "untrained" else {**net, "host_chekpoint": "x.pth"}
+        (tmp_path / "bad.yml").write_text(yaml.safe_dump({"network_g": net}))
+        args[5] = str(tmp_path / "bad.yml")
     else:
         args += ["--w", "0.5"]
     with pytest.raises(SystemExit) as exc:
