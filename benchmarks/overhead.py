@@ -167,6 +167,7 @@ def worker_infer(spec: dict) -> dict:
     wrapper.eval()
     for plugin in plugins.values():  # the extra plug-ins are not children of the wrapper yet
         plugin.eval()
+        plugin.cache_condition = True  # as iqp restore / compare run it
     outputs = {}  # the last output of each case: a fresh plug-in must reproduce the host
 
     def host_case():

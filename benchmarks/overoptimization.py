@@ -43,18 +43,20 @@ BUDGETS = {"tiny": {"iters": 4, "every": 2}, "small": {"iters": 100, "every": 20
 CURVE_METRICS = ("niqe", "piqe", "psnr")
 
 
-def evaluate(work: Path, plugin_file: Path, samples, nr, device) -> dict[str, list[float]]:
-    """Per-image NIQE, PIQE, PSNR and SSIM of host + the plug-in in ``plugin_file`` on the held-out faces."""
+def evaluate(work: Path, plugin_file: Path, mode: str, samples, nr, device) -> dict[str, list[float]]:
+    """Per-image NIQE, PIQE, PSNR and SSIM of host + the plug-in in ``plugin_file`` on the held-out faces,
+    decoding codes as the run trains them (``continuous``: the softmax mixture; ``discrete``: top-1)."""
     lqs, gts = samples
     net = load_wrapper(q.wrapper_net(q.checkpoint(work, "bench_face_host"), plugin=True), str(plugin_file), device)
+    net.plugin.mode = "continuous" if mode == "continuous" else "hard"
     return q.image_metrics(q.restore(net, lqs, device), gts, nr, device)
 
 
 def claim(first: dict, last: dict) -> dict:
-    """Whether the paper's claim holds on the per-image changes from iteration 0 (``first``: per-image metrics)
-    to the end of each run (``last``: mode -> per-image metrics). A change counts only when it exceeds two
+    """Whether the paper's claim holds on the per-image changes from iteration 0 (``first``: mode -> per-image
+    metrics of the shared stage-2 plug-in, decoded as that mode decodes) to the end of each run (``last``: mode -> per-image metrics). A change counts only when it exceeds two
     standard errors of its paired per-image differences."""
-    change = {mode: {m: q.paired_delta(last[mode][m], first[m]) for m in CURVE_METRICS} for mode in MODES}
+    change = {mode: {m: q.paired_delta(last[mode][m], first[mode][m]) for m in CURVE_METRICS} for mode in MODES}
     gap = {m: q.paired_delta(last["continuous"][m], last["discrete"][m]) for m in CURVE_METRICS}
 
     def beyond_noise(stat: dict, sign: float) -> bool:
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     device = resolve_device(args.device)
     budget = BUDGETS[args.budget]
-    work = Path(args.work or REPO / "benchmarks" / "out" / "quality" / f"work_{args.budget}").resolve()
+    work = Path(args.work or q.arg_parser().get_default("out") + f"/work_{args.budget}").resolve()
     times = q.build_plugin_chain(work, Path(args.data), q.BUDGETS[args.budget], device, last="predictor")
     runs = {}
     for mode in MODES:
@@ -141,13 +143,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     t = time.perf_counter()
     samples, nr = q.heldout_samples(work), q.nr_modules(device)
-    first = evaluate(work, q.checkpoint(work, "bench_face_predictor"), samples, nr, device)
+    stage2 = q.checkpoint(work, "bench_face_predictor")
+    first = {mode: evaluate(work, stage2, mode, samples, nr, device) for mode in MODES}
     curves, last = {}, {}
     for mode, latest in runs.items():
-        curves[mode] = [{"iter": 0, **{m: q.summary(v)["mean"] for m, v in first.items()}}]
+        curves[mode] = [{"iter": 0, **{m: q.summary(v)["mean"] for m, v in first[mode].items()}}]
         for it in range(budget["every"], budget["iters"] + 1, budget["every"]):
             q.log(f"evaluating {mode} @ {it}")
-            last[mode] = evaluate(work, latest.with_name(f"net_g_{it}.pth"), samples, nr, device)
+            last[mode] = evaluate(work, latest.with_name(f"net_g_{it}.pth"), mode, samples, nr, device)
             curves[mode].append({"iter": it, **{m: q.summary(v)["mean"] for m, v in last[mode].items()}})
     times["evaluate"] = round(time.perf_counter() - t, 1)
 
@@ -158,7 +161,8 @@ def main(argv: list[str] | None = None) -> dict:
     meta = {"budget": args.budget, "device": str(device), "wall_s": round(time.perf_counter() - start, 1),
             "steps_s": times, "iters": budget["iters"], "every": budget["every"], "n_heldout": len(samples[0]),
             "quality_loss_weight": args.quality_weight, "lr": args.lr,
-            "config": "configs/bench/face_quality.yml", "work": str(work), "plot": "overoptimization.png",
+            "config": "configs/bench/face_quality.yml", "work": str(work), "start": str(stage2),
+            "plot": "overoptimization.png",
             "torch": torch.__version__}
     result = {"meta": meta, "curves": curves, "claim": verdict}
     markdown = report(curves, verdict, meta)

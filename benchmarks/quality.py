@@ -67,7 +67,7 @@ METRICS = {"psnr": (False, "full-reference"), "ssim": (False, "full-reference"),
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 
 
-def arg_parser(doc: str = __doc__, out: str = "benchmarks/out/quality") -> argparse.ArgumentParser:
+def arg_parser(doc: str = __doc__, out: str = str(REPO / "benchmarks" / "out" / "quality")) -> argparse.ArgumentParser:
     """The options shared by the benchmark scripts: budget, device, output folder, data folder."""
     p = argparse.ArgumentParser(description=doc.split("\n")[0])
     p.add_argument("--budget", choices=BUDGETS, default="small",
@@ -248,11 +248,11 @@ def fmt(stat: dict | None, digits: int) -> str:
 
 
 def verdict(name: str, delta: dict, metric: str) -> str:
-    """'better'/'worse'/'within noise' for a paired delta (noise: |mean| < 2 standard errors)."""
+    """'better'/'worse'/'within noise' for a paired delta (noise: |mean| <= 2 standard errors)."""
     d = delta["mean"]
     if d is None:
         return f"{name}: -"
-    if abs(d) < 2 * delta["sem"]:
+    if abs(d) <= 2 * delta["sem"]:
         word = "within noise"
     else:
         word = "better" if (d < 0) == METRICS[metric][0] else "worse"
