@@ -96,12 +96,14 @@ def prepare_data(work: Path, data: Path, budget: dict) -> None:
                 link.symlink_to((data / "faces_hq_celeba128" / name).resolve())
 
 
-def run(cmd: list[str], work: Path, logfile: Path) -> None:
-    """Run a project command in WORK with this interpreter, its output in ``logfile``; stop if it fails."""
+def run(cmd: list[str], work: Path, logfile: Path, threads: int | None = None) -> None:
+    """Run a project command in WORK with this interpreter, its output in ``logfile``; stop if it fails.
+    ``threads`` sets OMP_NUM_THREADS (for several commands at once)."""
     logfile.parent.mkdir(parents=True, exist_ok=True)
     log("$ cd " + str(work) + " && python " + " ".join(cmd))
+    env = ENV if threads is None else {**ENV, "OMP_NUM_THREADS": str(threads)}
     with open(logfile, "w") as f:
-        done = subprocess.run([sys.executable, *cmd], cwd=work, env=ENV, stdout=f, stderr=subprocess.STDOUT)
+        done = subprocess.run([sys.executable, *cmd], cwd=work, env=env, stdout=f, stderr=subprocess.STDOUT)
     if done.returncode:
         tail = "".join(logfile.read_text().splitlines(True)[-30:])
         raise SystemExit(f"{tail}\nfailed with exit code {done.returncode}: python {' '.join(cmd)} (log: {logfile})")

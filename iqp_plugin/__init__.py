@@ -8,7 +8,7 @@ from iqp_plugin import _compat  # noqa: F401  (must run before basicsr is import
 import adapters  # noqa: E402,F401  (registers host archs and adapters)
 from iqp_plugin import quality  # noqa: E402,F401  (registers QualityLoss)
 from iqp_plugin.wrapper import IQPWrapper  # noqa: E402
-from iqp_plugin import datasets, model  # noqa: E402,F401  (register datasets and IQPModel)
+from iqp_plugin import datasets, host_model, model  # noqa: E402,F401  (register datasets, VQHostModel, IQPModel)
 
 __all__ = ["IQPWrapper"]
 __version__ = "0.1.0"

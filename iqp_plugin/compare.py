@@ -5,9 +5,9 @@
 
 REPORT_DIR gets ``images/{input,host,iqp,score_<s>}/`` (8-bit PNGs), ``grids/`` (input | host | host+IQP
 [| GT] per image, labelled), ``metrics.csv`` and ``metrics.md`` (per image and mean: every NR metric of
-the prior and the held-out ones; PSNR/SSIM against GT), ``sweep.csv`` and ``sweep.png`` (mean NR score
-vs the conditioning score) and ``index.html`` showing it all (relative links). Every number is computed
-on the saved files, reloaded, so it matches what a viewer sees. One verdict line per metric is printed:
+the prior and the held-out ones; PSNR, SSIM and the sharpness ratio against GT), ``sweep.csv`` and
+``sweep.png`` (mean metrics vs the conditioning score) and ``index.html`` showing it all (relative links).
+Every number is computed on the saved files, reloaded, so it matches what a viewer sees. One verdict line per metric is printed:
 'better' / 'worse' when the mean paired per-image difference (host+IQP minus host) is at least two
 standard errors from zero, else 'same' (within noise), with the difference and its standard error.
 
@@ -45,7 +45,7 @@ from iqp_plugin.quality import create_prior
 #: SAME_RTOL of the host's mean, for differences a single image cannot resolve).
 NOISE_SE = 2.0
 SAME_RTOL = 1e-4
-FULL_REF = {"psnr": False, "ssim": False}  # metric -> lower_better
+FULL_REF = {"psnr": False, "ssim": False, "sharpness": False}  # metric -> lower_better (against the GT)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -103,6 +103,18 @@ def load_u8(path: Path) -> np.ndarray:
     return to_u8(read_picture(path).rgb)
 
 
+def high_frequency_energy(rgb: np.ndarray) -> float:
+    """Mean squared Laplacian of the luma of an HWC RGB image (uint8 or [0, 1] float), on the [0, 1] scale."""
+    img = rgb.astype(np.float32) / (255.0 if rgb.dtype == np.uint8 else 1.0)
+    luma = img @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return float(np.mean(cv2.Laplacian(luma, cv2.CV_32F, borderType=cv2.BORDER_REFLECT) ** 2))
+
+
+def sharpness_ratio(img: np.ndarray, gt: np.ndarray) -> float:
+    """High-frequency energy of ``img`` over that of ``gt``: 1 is as sharp as the GT, under 1 softer."""
+    return high_frequency_energy(img) / max(high_frequency_energy(gt), 1e-12)
+
+
 def make_grid(panels: list[tuple[str, np.ndarray]]) -> np.ndarray:
     """Panels (uint8 RGB, same size) side by side under a label bar."""
     h, w = panels[0][1].shape[:2]
@@ -115,6 +127,12 @@ def make_grid(panels: list[tuple[str, np.ndarray]]) -> np.ndarray:
         tiles.append(np.vstack([head, img]))
         tiles.append(np.full((h + bar, 4, 3), 255, np.uint8))
     return np.hstack(tiles[:-1])
+
+
+def full_reference(img: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    """PSNR, SSIM and sharpness ratio of a uint8 RGB image against its GT."""
+    return {"psnr": float(calculate_psnr(img, gt, crop_border=0)), "ssim": float(calculate_ssim(img, gt, crop_border=0)),
+            "sharpness": sharpness_ratio(img, gt)}
 
 
 def verdict(metric: str, host: list[float], iqp: list[float], lower_better: bool) -> str:
@@ -189,7 +207,7 @@ td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}img{{max-width:10
 Tables: <a href="metrics.csv">metrics.csv</a>, <a href="metrics.md">metrics.md</a>.</p>
 <ul>{''.join(f'<li>{esc(v)}</li>' for v in verdicts)}</ul>
 <table><tr>{head}</tr>{body}</table>
-<h2>NR score vs conditioning score</h2><img src="sweep.png" alt="sweep">
+<h2>Metrics vs conditioning score</h2><img src="sweep.png" alt="sweep">
 <h2>Images (input | host | host + IQP [| GT])</h2>{figures}</body></html>
 """
     write_atomic(out / "index.html", page.encode())
@@ -254,8 +272,10 @@ def main(argv: list[str] | None = None) -> None:
             if gt.shape != saved["host"].shape:
                 raise ValueError(f"GT {gts[name]} is {gt.shape[1]}x{gt.shape[0]}, the output of {name} is {w}x{h}")
             for kind in ("host", "iqp"):
-                values[kind]["psnr"] = float(calculate_psnr(saved[kind], gt, crop_border=0))
-                values[kind]["ssim"] = float(calculate_ssim(saved[kind], gt, crop_border=0))
+                values[kind].update(full_reference(saved[kind], gt))
+            for i, s in enumerate(sweep_scores):
+                for m, v in full_reference(load_u8(out / "images" / f"score_{s:.2f}" / stem), gt).items():
+                    sweep.setdefault(m, [[] for _ in sweep_scores])[i].append(v)
             panels.append(("GT", gt))
         write_atomic(out / "grids" / stem, cv2.imencode(".png", cv2.cvtColor(make_grid(panels), cv2.COLOR_RGB2BGR))[1]
                      .tobytes())
@@ -270,15 +290,15 @@ def main(argv: list[str] | None = None) -> None:
     with warnings.catch_warnings():  # a metric that scored no image: its mean is NaN
         warnings.simplefilter("ignore", RuntimeWarning)
         mean = {"image": "mean", **{k: float(np.nanmean([r[k] for r in rows])) for k in rows[0] if k != "image"}}
-        curves = {m: [float(np.nanmean(v)) for v in sweep[m]] for m in nr.metrics}
+        curves = {m: [float(np.nanmean(v)) for v in values] for m, values in sweep.items()}
     rows.insert(0, mean)
     write_table(out, rows, metrics)
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(
-        [["score", *nr.metrics], *[[s, *(curves[m][i] for m in nr.metrics)] for i, s in enumerate(sweep_scores)],
-         ["host", *(mean[f"{m}_host"] for m in nr.metrics)]])
+        [["score", *curves], *[[s, *(curve[i] for curve in curves.values())] for i, s in enumerate(sweep_scores)],
+         ["host", *(mean[f"{m}_host"] for m in curves)]])
     write_atomic(out / "sweep.csv", buf.getvalue().encode())
-    plot_sweep(out / "sweep.png", sweep_scores, curves, {m: mean[f"{m}_host"] for m in nr.metrics}, lower)
+    plot_sweep(out / "sweep.png", sweep_scores, curves, {m: mean[f"{m}_host"] for m in curves}, lower)
     verdicts = [verdict(m, [r[f"{m}_host"] for r in rows[1:]], [r[f"{m}_iqp"] for r in rows[1:]], lower[m])
                 for m in metrics]
     seconds = time.perf_counter() - start

@@ -161,8 +161,8 @@ class IQPDegradedDataset(_ScoredFolder):
     use_crop [False: resize the central square of each image to gt_size (aligned faces); True: crop a
     gt_size patch, random in training, central otherwise]; scale [1]; lq_downscale [scale > 1: LQ is
     gt_size // scale (SR hosts); False: LQ is resized back to gt_size (face hosts)];
-    blur_kernel_size [41]; kernel_list [['iso', 'aniso']]; kernel_prob [[0.5, 0.5]]; blur_sigma [[1, 15]];
-    downsample_range [[4, 30]]; noise_range [[0, 20]] (0-255 scale, None to skip);
+    blur_kernel_size [41]; kernel_list [['iso', 'aniso']]; kernel_prob [[0.5, 0.5]]; blur_sigma [[1, 15]]
+    (None to skip); downsample_range [[4, 30]] (None to skip); noise_range [[0, 20]] (0-255 scale, None to skip);
     jpeg_range [[30, 80]] (None to skip); use_hflip [True in training]; image_range [[0, 1]], e.g. [-1, 1];
     phase ['train']; seed [None in training, 0 otherwise].
 
@@ -187,12 +187,14 @@ class IQPDegradedDataset(_ScoredFolder):
 
     def degrade(self, gt: np.ndarray) -> np.ndarray:
         """Degrade a square HWC BGR [0, 1] image with the current random state; returns the LQ image."""
-        kernel = degradations.random_mixed_kernels(self.kernel_list, self.kernel_prob, self.blur_kernel_size,
-                                                   self.blur_sigma, self.blur_sigma, [-math.pi, math.pi])
-        lq = cv2.filter2D(gt, -1, kernel)
-        factor = np.random.uniform(*self.downsample_range)
-        small = max(1, int(self.gt_size // factor))
-        lq = cv2.resize(lq, (small, small), interpolation=cv2.INTER_LINEAR)
+        lq = gt
+        if self.blur_sigma is not None:
+            kernel = degradations.random_mixed_kernels(self.kernel_list, self.kernel_prob, self.blur_kernel_size,
+                                                       self.blur_sigma, self.blur_sigma, [-math.pi, math.pi])
+            lq = cv2.filter2D(lq, -1, kernel)
+        if self.downsample_range is not None:
+            small = max(1, int(self.gt_size // np.random.uniform(*self.downsample_range)))
+            lq = cv2.resize(lq, (small, small), interpolation=cv2.INTER_LINEAR)
         if self.noise_range is not None:
             lq = degradations.random_add_gaussian_noise(lq, self.noise_range)
         if self.jpeg_range is not None:

@@ -2,16 +2,20 @@
 
     python -m iqp_plugin.demo [--out demo_out] [--host-checkpoint F [--host-opt YAML|JSON]] [--images DIR] [--fast]
 
-1. data       crops of scikit-image's bundled photos -> OUT/data/hq (training) and OUT/data/heldout_hq
+1. data       crops of scikit-image's bundled photos -> OUT/data/hq (training GT) and OUT/data/heldout_hq
               (crops of two other photos, for evaluation); ``--images DIR`` uses your folder instead
-              (every 8th image held out)
+              (every 8th image held out). Mixed-quality GT is simulated: a seeded ``--contaminate`` fraction
+              (0.5) of the training GT is replaced by blurred, resampled, JPEG-compressed copies; the pristine
+              copies (OUT/data/hq_pristine) and the held-out images are never trained on
 2. score      ``iqp score`` with the offline NIQE prior -> OUT/data/hq_scores.csv (and heldout_hq_scores.csv);
               images the prior cannot score (flat crops) are set aside in OUT/data/unscored
-3. host       ``iqp train -opt configs/demo/host_swinir.yml``: a small SwinIR x2 trained from scratch by
-              BasicSR's SRModel (skipped with ``--host-checkpoint``)
+3. host       ``iqp train -opt configs/demo/host_swinir.yml``: a small SwinIR x1 (noise and JPEG removal)
+              trained from scratch by BasicSR's SRModel on the mixed GT (skipped with ``--host-checkpoint``)
 4-6. codebook, predictor, quality: the three plug-in stages (configs/demo/{codebook,predictor,quality}.yml)
-7. compare    the held-out split's seeded degraded inputs and GT -> OUT/data/heldout_{lq,gt}; then
-              ``iqp compare`` with OUT/wrapper.yml (host + plug-in) -> OUT/report/index.html and verdict lines
+7. compare    the held-out split's seeded degraded inputs and pristine GT -> OUT/data/heldout_{lq,gt}; then
+              ``iqp compare`` with OUT/wrapper.yml (host + plug-in), the plug-in asked for scores 0.1 to 0.95
+              -> OUT/report/index.html (grids input | host | host + IQP | pristine GT, the metrics against the
+              pristine GT vs the score) and verdict lines
 
 Every step runs the ``iqp`` command a user would, in OUT; training steps on the option file written to
 OUT/configs/ (the config of configs/demo/ with the run's overrides: iterations, the host and its
@@ -37,13 +41,16 @@ import cv2
 import yaml
 from tqdm import tqdm
 
-from iqp_plugin.datasets import IQPDegradedDataset, list_images
+from iqp_plugin.contamination import write_mixed
+from iqp_plugin.datasets import IQPDegradedDataset, list_images, read_image
 from iqp_plugin.sample_data import PHOTOS, write_crops
 from iqp_plugin.scoring import sidecar_path
 from iqp_plugin.train import read_options
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"
 STAGES = ("codebook", "predictor", "quality")
+#: Conditioning scores of the report's sweep.
+SWEEP = (0.1, 0.3, 0.5, 0.7, 0.95)
 #: Side of the crops (NIQE compares 96 px blocks: one block per 96 px crop gives unsteady scores).
 CROP = 192
 #: Photos whose crops are kept for evaluation only: the held-out images show scenes never trained on.
@@ -68,10 +75,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--host-opt", help="its arch options: a YAML/JSON file (bare or with network_g) or inline JSON "
                                       "(default: the demo host of configs/demo/host_swinir.yml)")
     p.add_argument("--images", help="your HQ image folder instead of the bundled photos")
+    p.add_argument("--contaminate", type=float, default=0.5,
+                   help="fraction of the training images replaced by lower-quality copies (0: train on them as they are)")
     p.add_argument("--fast", action="store_true", help="minimal budget (tests)")
     args = p.parse_args(argv)
     if args.host_opt and not args.host_checkpoint:
         p.error("--host-opt needs --host-checkpoint")
+    if not 0 <= args.contaminate < 1:
+        p.error(f"--contaminate must lie in [0, 1), got {args.contaminate}")
     return args
 
 
@@ -102,28 +113,42 @@ def check_stamp(out: Path, stamp: dict) -> None:
     path.write_text(json.dumps(stamp))
 
 
-def make_data(out: Path, images: str | None, budget: dict) -> str:
-    """Step 1: training and held-out HQ folders; 'reused' when nothing new was written."""
-    hq, held = out / "data" / "hq", out / "data" / "heldout_hq"
+def make_data(out: Path, images: str | None, budget: dict, contaminate: float) -> str:
+    """Step 1: training and held-out HQ folders; 'reused' when nothing new was written.
+
+    The held-out images stay pristine. Of the training images, a seeded fraction ``contaminate`` is replaced by
+    lower-quality copies (``iqp_plugin.contamination``): mixed-quality GT, as restoration datasets have.
+    """
+    hq, pristine, held = out / "data" / "hq", out / "data" / "hq_pristine", out / "data" / "heldout_hq"
     before = [len(list_images(d)) if d.is_dir() else 0 for d in (hq, held)]
     if images:
         src = Path(images).resolve()
         names = list_images(src)
         if len(names) < 8:
             raise ValueError(f"--images needs at least 8 images (every 8th is held out), {src} has {len(names)}")
-        for i, name in enumerate(names):
-            link = (held if i % 8 == 7 else hq) / name
+        train = [n for i, n in enumerate(names) if i % 8 != 7]
+        for name in names[7::8]:
+            link = held / name
             if not os.path.lexists(link):
                 link.parent.mkdir(parents=True, exist_ok=True)
                 link.symlink_to(src / name)
     else:
-        write_crops(hq, budget["crops"], CROP, seed=0, photos=[p for p in PHOTOS if p not in HELDOUT_PHOTOS])
+        src = out / "data" / "bundled"
+        train = [p.name for p in write_crops(src, budget["crops"], CROP, seed=0,
+                                             photos=[p for p in PHOTOS if p not in HELDOUT_PHOTOS])]
         write_crops(held, budget["heldout"], CROP, seed=1, photos=HELDOUT_PHOTOS)
+    targets = {Path(n).with_suffix(".png").as_posix(): n for n in train}
+    if len(targets) < len(train):
+        raise ValueError(f"two training images in {src} differ only in their extension; rename one")
+    if not all((hq / name).exists() for name in targets):
+        write_mixed({name: (read_image(src / n) * 255).round().astype("uint8") for name, n in targets.items()},
+                    hq, pristine, contaminate, seed=0)
     unscored = out / "data" / "unscored"
     for path in unscored.rglob("*.*"):  # set aside by step 2 earlier: keep them out
         (out / "data" / path.relative_to(unscored)).unlink(missing_ok=True)
     after = [len(list_images(d)) for d in (hq, held)]
-    print(f"{after[0]} training images in {hq}, {after[1]} held-out in {held}")
+    print(f"{after[0]} training images in {hq} ({round(contaminate * len(targets))} contaminated; pristine copies, "
+          f"never trained on, in {pristine}), {after[1]} held-out in {held}")
     return "reused" if after == before else "ran"
 
 
@@ -226,7 +251,7 @@ def compare(out: Path, opt: dict, host_checkpoint: Path) -> str:
     wrapper = {"network_g": net, "plugin_checkpoint": str(checkpoint(out, opt))}
     (out / "wrapper.yml").write_text(yaml.safe_dump(wrapper, sort_keys=False))
     done = run_iqp(["compare", "-i", "data/heldout_lq", "--gt", "data/heldout_gt", "-o", "report",
-                    "--config", "wrapper.yml"], out, stdout=subprocess.PIPE)
+                    "--config", "wrapper.yml", "--scores", ",".join(map(str, SWEEP))], out, stdout=subprocess.PIPE)
     print(done.stdout, end="")
     verdicts.write_text("".join(line for line in done.stdout.splitlines(True) if " is better): " in line))
     return "ran"
@@ -247,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     if host_ckpt and not host_ckpt.is_file():
         raise FileNotFoundError(f"--host-checkpoint not found: {host_ckpt}")
     host_opt = load_host_opt(args.host_opt) if args.host_opt else None
-    check_stamp(out, {"fast": args.fast, "images": args.images and str(Path(args.images).resolve()),
+    check_stamp(out, {"fast": args.fast, "contaminate": args.contaminate, "images": args.images and str(Path(args.images).resolve()),
                       "host_checkpoint": host_ckpt and str(host_ckpt), "host_opt": host_opt})
 
     def iters(config: str) -> dict:
@@ -260,9 +285,9 @@ def main(argv: list[str] | None = None) -> None:
     for c in STAGES:
         opts[c] = stage_options(c, {**iters(c), "network_g:host": arch, "network_g:host_checkpoint": str(host_ckpt),
                                     "scale": int(arch.get("upscale", arch.get("scale", 1)))})
-    steps = [("data", "HQ targets and held-out images", lambda: make_data(out, args.images, budget)),
+    steps = [("data", "HQ targets and held-out images", lambda: make_data(out, args.images, budget, args.contaminate)),
              ("score", "offline prior (NIQE) scores of the HQ targets", lambda: score(out)),
-             ("host", "train the demo host (small SwinIR x2, BasicSR SRModel)",
+             ("host", "train the demo host (small SwinIR x1, BasicSR SRModel)",
               lambda: "given" if args.host_checkpoint else train(out, "host_swinir", opts["host_swinir"])),
              *[(c, f"plug-in stage {i + 1}/3", lambda c=c: train(out, c, opts[c])) for i, c in enumerate(STAGES)],
              ("compare", "host alone vs host + IQP on the held-out degraded images",

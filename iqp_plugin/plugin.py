@@ -4,7 +4,10 @@ bottleneck through zero-initialised output layers.
 Notation: ``e`` = host encoder features and ``z`` = the host decoder's input at the bottleneck
 (both (B, C, H, W), see ``adapters.base.Bottleneck``); ``s`` in [0, 1]^M = quality score(s);
 ``P`` = adaptive average pooling to the token grid (gh, gw) (a fixed ``grid`` or ``H/patch``);
-``U`` = bilinear resize from the grid back to (H, W) (the identity when the sizes agree).
+``U`` = back from the grid to (H, W): a bilinear resize (the identity when the sizes agree), or, with
+``upsample: pixelshuffle``, a learned one: ``W_o`` gives ``C * p * p`` channels per token, rearranged into
+the token's p x p pixels (pixel shuffle, cropped to (H, W)), so that the correction can carry detail finer
+than the token grid (full-resolution hosts such as SwinIR; needs ``patch`` = p).
 
 1. Tokens:     ``t = Linear(LN(P(e))) + pos``; ``pos`` is learned on a 16x16 grid and resampled.
 2. Condition:  ``binned`` (the authors' recipe, without their bin-10 overflow):
@@ -20,7 +23,8 @@ Notation: ``e`` = host encoder features and ``z`` = the host decoder's input at 
                start at zero. Hence a fresh plug-in gives ``z' = z`` and the wrapper reproduces the
                host exactly; as ``W_o`` learns, ``z'`` moves from the host's own bottleneck towards the
                decoded codes. For hosts that keep full-resolution features (SwinIR) the correction
-               ``U(...)`` is smooth and is added to, never substituted for, the host's detail.
+               ``U(...)`` is added to, never substituted for, the host's detail; a bilinear ``U`` makes it
+               smooth, a pixel-shuffle ``U`` lets it add detail within each patch.
 """
 from __future__ import annotations
 
@@ -52,6 +56,7 @@ DEFAULT_PLUGIN = {
     "hq_weight": 0.8,
     "share_host_codebook": False,  # use the host's own codebook as the common branch
     "target_score": 0.95,    # score asked for at inference when none is given
+    "upsample": "bilinear",  # correction from the token grid to the bottleneck: 'bilinear' or 'pixelshuffle'
 }
 
 
@@ -146,6 +151,10 @@ class IQPPlugin(nn.Module):
         cfg = {**DEFAULT_PLUGIN, **overrides}
         if cfg["cond"] not in ("adaln", "binned"):
             raise ValueError(f"plugin cond must be 'adaln' or 'binned', got {cfg['cond']!r}.")
+        if cfg["upsample"] not in ("bilinear", "pixelshuffle"):
+            raise ValueError(f"plugin upsample must be 'bilinear' or 'pixelshuffle', got {cfg['upsample']!r}.")
+        if cfg["upsample"] == "pixelshuffle" and not cfg["patch"]:
+            raise ValueError("plugin upsample: pixelshuffle needs patch: P (each token's P x P pixels are predicted).")
         if cfg["share_host_codebook"] and host_codebook is None:
             raise ValueError("plugin share_host_codebook: true, but this host has no codebook of its own.")
         self.cfg = cfg
@@ -168,7 +177,8 @@ class IQPPlugin(nn.Module):
                                      host_codebook if cfg["share_host_codebook"] else None)
         self.head_common = nn.Linear(dim, self.codebook.common.size)
         self.head_hq = nn.Linear(dim, cfg["hq_size"])
-        self.out_conv = nn.Conv2d(channels, channels, 1)
+        self.shuffle = cfg["patch"] if cfg["upsample"] == "pixelshuffle" else 1
+        self.out_conv = nn.Conv2d(channels, channels * self.shuffle ** 2, 1)
         #: code selection: 'straight_through' while training, 'hard' at eval; 'continuous' (the unquantised
         #: ablation) decodes the softmax mixture in both
         self.mode = "straight_through"
@@ -282,6 +292,9 @@ class IQPPlugin(nn.Module):
                                      self.mode if self.training or self.mode == "continuous" else "hard")
         delta = rearrange(codes - self.pool(z), "b (h w) c -> b c h w", h=grid[0], w=grid[1])
         delta = self.out_conv(delta)
-        if tuple(z.shape[-2:]) != grid:
-            delta = F.interpolate(delta, size=z.shape[-2:], mode="bilinear", align_corners=False)
+        height, width = z.shape[-2:]
+        if self.shuffle > 1:  # each token's p x p pixels; (gh * p, gw * p) >= (H, W): crop the excess
+            delta = F.pixel_shuffle(delta, self.shuffle)[..., :height, :width]
+        if tuple(delta.shape[-2:]) != (height, width):
+            delta = F.interpolate(delta, size=(height, width), mode="bilinear", align_corners=False)
         return PluginOutput(z + delta, logits_c, logits_h, codes, grid)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from iqp_plugin.cli import run
-from iqp_plugin.compare import main as compare_main, verdict
+from iqp_plugin.compare import main as compare_main, sharpness_ratio, verdict
 from iqp_plugin.offline_metrics import create_metric
 from tests.test_restore import make_model, rand_img
 
@@ -23,7 +23,7 @@ def test_compare_writes_report_with_matching_numbers(tmp_path, capsys):
     run(compare_main, ["-i", str(src), "-o", str(out), "--config", str(config), "--gt", str(gt_dir),
                        "--metrics", "niqe", "--scores", "0.2,0.9", "--device", "cpu"])
     printed = capsys.readouterr().out
-    for metric in ("niqe", "piqe", "psnr", "ssim"):
+    for metric in ("niqe", "piqe", "psnr", "ssim", "sharpness"):
         assert any(line.startswith(f"{metric} (") and any(w in line for w in ("better", "worse", "same"))
                    for line in printed.splitlines())
 
@@ -48,6 +48,11 @@ def test_compare_writes_report_with_matching_numbers(tmp_path, capsys):
                 assert float(rows[name][f"niqe_{kind}"]) == pytest.approx(float(niqe(x)), abs=1e-4)
             psnr = 10 * np.log10(255.0 ** 2 / np.mean((saved.astype(np.float64) - gt) ** 2))
             assert float(rows[name][f"psnr_{kind}"]) == pytest.approx(psnr, abs=1e-6)
+            saved_rgb, gt_rgb = cv2.cvtColor(saved, cv2.COLOR_BGR2RGB), cv2.cvtColor(gt.astype(np.uint8), cv2.COLOR_BGR2RGB)
+            assert float(rows[name][f"sharpness_{kind}"]) == pytest.approx(sharpness_ratio(saved_rgb, gt_rgb), rel=1e-5)
+    with open(out / "sweep.csv", newline="") as f:
+        sweep = list(csv.reader(f))
+    assert sweep[0] == ["score", "niqe", "piqe", "psnr", "ssim", "sharpness"] and [r[0] for r in sweep[1:]] == ["0.2", "0.9", "host"]
     for key in ("niqe_host", "niqe_iqp", "psnr_iqp"):
         assert float(rows["mean"][key]) == pytest.approx(np.mean([float(rows[n][key]) for n in rows if n != "mean"]))
     assert float(rows["mean"]["niqe_iqp"]) != float(rows["mean"]["niqe_host"])  # the plug-in changes the output

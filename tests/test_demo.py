@@ -2,6 +2,8 @@
 import subprocess
 import sys
 
+import cv2
+import numpy as np
 import pytest
 
 from iqp_plugin.demo import HELDOUT_PHOTOS, STAGES, parse_args
@@ -28,6 +30,10 @@ def test_fast_demo_writes_report_and_rerun_reuses_everything(tmp_path):
     assert all(p.is_file() for p in checkpoints)
     assert sorted(p.name for p in (out / "data" / "heldout_lq").iterdir()) == \
         sorted(p.name for p in (out / "data" / "heldout_gt").iterdir())
+    trained, pristine = (sorted((out / "data" / f).iterdir()) for f in ("hq", "hq_pristine"))
+    assert [p.name for p in trained] == [p.name for p in pristine]
+    changed = [not np.array_equal(cv2.imread(str(a)), cv2.imread(str(b))) for a, b in zip(trained, pristine)]
+    assert sum(changed) == round(0.5 * len(trained))  # --contaminate 0.5 by default; pristine copies kept aside
     photo = lambda folder: {p.name.rsplit("_", 1)[0] for p in (out / "data" / folder).glob("*.png")}  # noqa: E731
     assert photo("heldout_hq") == set(HELDOUT_PHOTOS) and not photo("hq") & set(HELDOUT_PHOTOS)  # unseen scenes
     stamps = {p: p.stat().st_mtime_ns for p in [*checkpoints, report / "index.html", out / "data" / "hq_scores.csv"]}

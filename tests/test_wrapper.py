@@ -205,3 +205,24 @@ def test_transformer_is_built_from_timm_layers():
     plugin = IQPPlugin(24, **TINY_PLUGIN)
     kinds = {type(m).__module__.split(".")[0] for m in plugin.blocks[0].modules()}
     assert "timm" in kinds
+
+
+def test_pixelshuffle_correction_starts_at_zero_and_adds_detail_within_a_patch():
+    """upsample: pixelshuffle: a fresh plug-in is still the host; once W_o is non-zero each token sets its 4 x 4
+    pixels of the correction freely (not by interpolation between tokens), and odd sizes are cropped to fit."""
+    x = torch.rand(1, 3, 20, 28)  # 20 x 28 is no multiple of the patch (4) after SwinIR's window padding
+    bare = build("swinir")
+    shuffled = build("swinir", TINY_PLUGIN, upsample="pixelshuffle").eval()
+    shuffled.host.load_state_dict(bare.host.state_dict())
+    with torch.no_grad():
+        assert (shuffled(x) - bare(x)).abs().max() <= 1e-5
+        torch.nn.init.normal_(shuffled.plugin.out_conv.weight, std=0.05)
+        b = shuffled.adapter.encode(x)
+        delta = shuffled.plugin(b.feat, b.z, 0.9).z - b.z
+    assert delta.shape == b.z.shape and shuffled.plugin.out_conv.out_channels == b.z.shape[1] * 16
+    patch = delta[..., :4, :4]  # one token's 4 x 4 pixels
+    assert (patch - patch.mean(dim=(-2, -1), keepdim=True)).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="needs patch"):
+        IQPPlugin(8, **{**TINY_PLUGIN, "patch": None, "upsample": "pixelshuffle"})
+    with pytest.raises(ValueError, match="'bilinear' or 'pixelshuffle'"):
+        IQPPlugin(8, **{**TINY_PLUGIN, "upsample": "nearest"})

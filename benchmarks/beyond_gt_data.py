@@ -1,0 +1,82 @@
+"""Data of the beyond-GT benchmark: a held-out split, and training GT of mixed quality with its bookkeeping.
+
+From any folder of HQ images (central square resized to ``size``), in WORK/data:
+
+* ``heldout/``         the last ``heldout`` images, pristine: evaluation only, never trained on;
+* ``train/``           the first ``train`` of the others: a seeded ``fraction`` of them replaced by contaminated
+                       copies (``iqp_plugin.contamination``), the rest pristine. Every training except the oracle's reads
+                       this folder only;
+* ``train_pristine/``  the same training images, all pristine: the oracle's GT, read by nothing else;
+* ``manifest.json``    which training image is contaminated and how, and the three file lists.
+
+All images are written as PNG, so the file format does not tell the two kinds apart.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from iqp_plugin.contamination import CONTAMINATION, write_mixed
+from iqp_plugin.datasets import fit_square, list_images, read_image
+from iqp_plugin.files import write_atomic
+
+SPLITS = ("train", "train_pristine", "heldout")
+
+
+def _png(path: Path, img: np.ndarray) -> None:
+    write_atomic(path, cv2.imencode(".png", img)[1].tobytes())
+
+
+def prepare(source: str | Path, work: Path, *, train: int, heldout: int, fraction: float, size: int,
+            seed: int = 0) -> dict:
+    """Write WORK/data (see the module doc) once; a rerun with the same arguments reuses it.
+
+    Returns the manifest: ``{"source", "args", "contamination", "contaminated": {name: params},
+    "train": [...], "train_pristine": [...], "heldout": [...]}`` (names are PNG file names).
+    """
+    source = Path(source)
+    root = work / "data"
+    args = {"train": train, "heldout": heldout, "fraction": fraction, "size": size, "seed": seed}
+    manifest_path = root / "manifest.json"
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+        if manifest["args"] == args and manifest["source"] == str(source.resolve()):
+            return manifest
+        raise SystemExit(f"{root} was made from {manifest['source']} with {manifest['args']}; "
+                         f"use another --out or delete {root}")
+    names = list_images(source)
+    if len(names) < heldout + 2:
+        raise ValueError(f"{source} has {len(names)} images; the benchmark needs at least {heldout + 2} "
+                         f"({heldout} held out and 2 to train on)")
+    held, pool = names[-heldout:], names[:-heldout][:train]
+    png = {n: Path(n).with_suffix(".png").as_posix() for n in names}
+    if len(set(png.values())) < len(names):
+        raise ValueError(f"two images in {source} share a name stem; rename one")
+
+    def square(name: str) -> np.ndarray:
+        return (fit_square(read_image(source / name), size, "resize") * 255).round().astype(np.uint8)
+
+    contaminated = write_mixed({png[n]: square(n) for n in pool}, root / "train", root / "train_pristine",
+                               fraction, seed)
+    for name in held:
+        _png(root / "heldout" / png[name], square(name))
+    manifest = {"source": str(source.resolve()), "args": args, "contamination": CONTAMINATION,
+                "contaminated": contaminated, **{s: list_images(root / s) for s in SPLITS}}
+    write_atomic(manifest_path, json.dumps(manifest, indent=1))
+    return json.loads(manifest_path.read_text())  # as a rerun reads it
+
+
+def top_scored(work: Path, scores: dict[str, float], percent: float) -> tuple[Path, float]:
+    """WORK/data/train_top: links to the training GT scoring in the top ``percent``% (the filtering
+    baseline's data). Returns the folder and the score threshold."""
+    threshold = float(np.quantile(np.array(list(scores.values())), 1 - percent / 100))
+    folder = work / "data" / "train_top"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, s in scores.items():
+        link = folder / name
+        if s >= threshold and not link.exists():
+            link.symlink_to((work / "data" / "train" / name).resolve())
+    return folder, threshold

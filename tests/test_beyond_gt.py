@@ -1,0 +1,109 @@
+"""benchmarks/beyond_gt.py: the contamination bookkeeping (pristine copies and held-out images never reach a
+training other than the oracle's), and one tiny end-to-end run on the bundled sample crops (plumbing only:
+no assertion on quality numbers)."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from benchmarks import beyond_gt, beyond_gt_data
+from iqp_plugin.contamination import CONTAMINATION, contaminate
+from iqp_plugin.sample_data import write_crops
+from tests.conftest import REPO
+
+#: scikit-image photos with texture everywhere (NIQE cannot score flat crops such as retina's black border)
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left")
+
+
+def pixels(path: Path) -> np.ndarray:
+    return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+
+
+@pytest.fixture
+def hq(tmp_path) -> Path:
+    write_crops(tmp_path / "hq", 14, 96, seed=3, photos=PHOTOS)
+    return tmp_path / "hq"
+
+
+def test_contamination_bookkeeping(hq, tmp_path):
+    work = tmp_path / "work"
+    m = beyond_gt_data.prepare(hq, work, train=10, heldout=4, fraction=0.5, size=64, seed=1)
+    data = work / "data"
+    train, pristine, held = (set(m[s]) for s in beyond_gt_data.SPLITS)
+    assert train == pristine and len(train) == 10 and len(held) == 4
+    assert not train & held  # held-out images are never in a training folder
+    assert set(m["contaminated"]) <= train and len(m["contaminated"]) == 5
+    sources = sorted(p.name for p in hq.iterdir())
+    assert {Path(n).stem for n in held} == {Path(n).stem for n in sources[-4:]}
+    for name in train:
+        same = np.array_equal(pixels(data / "train" / name), pixels(data / "train_pristine" / name))
+        assert same == (name not in m["contaminated"]), name  # every contaminated target differs from its original
+    for name, params in m["contaminated"].items():
+        lo, hi = CONTAMINATION["blur_sigma"]
+        assert lo <= params["blur_sigma"] <= hi
+    assert {p.name for p in (data / "train").iterdir()} == train  # nothing else sits in the training folder
+
+    # every training reads data/train or its top-scored subset, except the oracle, the one reader of pristine GT
+    for prefix in beyond_gt.HOSTS.values():
+        for key, (config, overrides) in beyond_gt.trainings(prefix, beyond_gt.BUDGETS["tiny"]["iters"]).items():
+            opt = beyond_gt.read_options(str(beyond_gt.CONFIGS / f"{config}.yml"))
+            root = overrides.get("datasets:train:dataroot_gt", opt["datasets"]["train"]["dataroot_gt"])
+            assert root == ("data/train_pristine" if key == "oracle" else
+                            "data/train_top" if key == "filtered" else "data/train"), (prefix, key, root)
+    scores = {name: i / 10 for i, name in enumerate(sorted(train))}
+    folder, threshold = beyond_gt_data.top_scored(work, scores, 40)
+    chosen = {p.name for p in folder.iterdir()}
+    assert chosen == {n for n, s in scores.items() if s >= threshold} and len(chosen) == 4
+    assert all((folder / n).resolve().parent == (data / "train").resolve() for n in chosen)
+
+
+def test_prepare_is_reused_and_refuses_other_arguments(hq, tmp_path):
+    work = tmp_path / "work"
+    first = beyond_gt_data.prepare(hq, work, train=10, heldout=4, fraction=0.5, size=64)
+    assert beyond_gt_data.prepare(hq, work, train=10, heldout=4, fraction=0.5, size=64) == first
+    with pytest.raises(SystemExit, match="delete"):
+        beyond_gt_data.prepare(hq, work, train=10, heldout=4, fraction=0.3, size=64)
+
+
+def test_contaminate_lowers_sharpness_and_keeps_size():
+    rng = np.random.default_rng(0)
+    img = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
+    out, params = contaminate(img, np.random.default_rng(1))
+    assert out.shape == img.shape and out.dtype == np.uint8
+    assert set(params) == set(CONTAMINATION)
+    lap = lambda x: cv2.Laplacian(x.astype(np.float32), cv2.CV_32F).var()  # noqa: E731
+    assert lap(out) < 0.5 * lap(img)
+
+
+def test_tiny_run_on_bundled_crops(hq, tmp_path):
+    write_crops(hq, 24, 96, seed=3, photos=PHOTOS)
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "beyond_gt.py"), "--budget", "tiny", "--device", "cpu",
+           "--data", str(hq), "--out", str(out), "--jobs", "1"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((out / "beyond_gt.json").read_text())
+    meta = data["meta"]
+    assert meta["n_train"] == 12 and meta["n_heldout"] == 4 and meta["n_contaminated"] == 6
+    assert set(data["families"]) == {"restoreformer", "swinir"}
+    for fam in data["families"].values():
+        systems = fam["results"]
+        assert {"host", "oracle (pristine GT)", "host trained further", "host on top-scored GT",
+                *(f"host + IQP @{s}" for s in beyond_gt.SCORES)} <= set(systems)
+        for name, stats in systems.items():
+            if name == "pristine (reference)":  # PSNR of an image against itself is infinite
+                continue
+            for metric, stat in stats.items():
+                assert stat["n"] == 4 and (stat["mean"] is None or math.isfinite(stat["mean"])), (name, metric)
+        assert set(fam["targets"]) >= {"1 the score steers", "2 the prior beats more training",
+                                       "3 it holds up against filtering", "4 ablations"}
+        assert (out / fam["grid"]).stat().st_size > 0
+    assert (out / "sweep.png").stat().st_size > 0
+    markdown = (out / "beyond_gt.md").read_text()
+    assert "## restoreformer" in markdown and "## swinir" in markdown and "| 2a. setup valid" in markdown
+    assert len((out / "work_tiny" / "data" / "train_scores.csv").read_text().splitlines()) == 13
