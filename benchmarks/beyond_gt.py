@@ -49,7 +49,7 @@ from tqdm import tqdm  # noqa: E402
 
 from benchmarks import beyond_gt_data  # noqa: E402
 from benchmarks.common import markdown_table, write_results  # noqa: E402
-from benchmarks.quality import run, summary  # noqa: E402
+from benchmarks.quality import checkpoint, run, summary, train as quality_train  # noqa: E402
 from iqp_plugin.compare import NOISE_SE, full_reference  # noqa: E402
 from iqp_plugin.datasets import IQPDegradedDataset  # noqa: E402
 from iqp_plugin.inference import load_wrapper, resolve_device  # noqa: E402
@@ -127,21 +127,9 @@ def _auc(good: list[float], bad: list[float]) -> float | None:
 
 
 # ---------------------------------------------------------------- trainings
-def checkpoint(work: Path, name: str) -> Path:
-    return work / "experiments" / name / "models" / "net_g_latest.pth"
-
-
 def train(work: Path, config: str, device: torch.device, threads: int | None = None, **overrides) -> Path:
-    """Train configs/beyond_gt/<config>.yml in WORK with ``--force_yml`` overrides ({'a:b': value}, 'name'
-    first); skipped when its ``net_g_latest.pth`` exists. Returns that file."""
-    overrides = {"num_gpu": int(device.type == "cuda"), **overrides}
-    name = overrides.get("name", read_options(str(CONFIGS / f"{config}.yml"))["name"])
-    ckpt = checkpoint(work, name)
-    if not ckpt.exists():
-        forced = [f"{k}=!!float {v}" if isinstance(v, float) else f"{k}={v}" for k, v in overrides.items()]
-        run(["-m", "iqp_plugin.train", "-opt", str(CONFIGS / f"{config}.yml"), "--force_yml", *forced],
-            work, work / "logs" / f"{name}.log", threads)
-    return ckpt
+    """Train configs/beyond_gt/<config>.yml in WORK (see ``benchmarks.quality.train``)."""
+    return quality_train(work, config, device, threads, CONFIGS, **overrides)
 
 
 #: which trainings of a host family need which others first

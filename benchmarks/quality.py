@@ -121,16 +121,18 @@ def checkpoint(work: Path, name: str, label: str = "latest") -> Path:
     return work / "experiments" / name / "models" / f"net_g_{label}.pth"
 
 
-def train(work: Path, config: str, device: torch.device, **overrides) -> Path:
-    """Train configs/bench/<config>.yml in WORK with ``--force_yml`` overrides ({'a:b': value}, 'name' first);
-    skipped when its ``net_g_latest.pth`` exists. Returns that file."""
+def train(work: Path, config: str, device: torch.device, threads: int | None = None, configs: Path = CONFIGS,
+          **overrides) -> Path:
+    """Train ``configs``/<config>.yml (default configs/bench) in WORK with ``--force_yml`` overrides
+    ({'a:b': value}, 'name' first) and ``threads`` OpenMP threads; skipped when its ``net_g_latest.pth``
+    exists. Returns that file."""
     overrides = {"num_gpu": int(device.type == "cuda"), **overrides}
-    name = overrides.get("name", read_options(str(CONFIGS / f"{config}.yml"))["name"])
+    name = overrides.get("name", read_options(str(configs / f"{config}.yml"))["name"])
     ckpt = checkpoint(work, name)
     if not ckpt.exists():
         forced = [f"{k}=!!float {v}" if isinstance(v, float) else f"{k}={v}" for k, v in overrides.items()]
-        run(["-m", "iqp_plugin.train", "-opt", str(CONFIGS / f"{config}.yml"), "--force_yml", *forced],
-            work, work / "logs" / f"{name}.log")
+        run(["-m", "iqp_plugin.train", "-opt", str(configs / f"{config}.yml"), "--force_yml", *forced],
+            work, work / "logs" / f"{name}.log", threads)
     return ckpt
 
 
