@@ -1,16 +1,25 @@
-"""Run basicsr 1.4.2's training pipeline on CPU, single- or multi-process, without forking it.
+"""Run basicsr 1.4.2's training pipeline on CPU, single- or multi-process, and resume it safely, without forking it.
 
 basicsr assumes CUDA in three places: reading a resume state (``torch.cuda.current_device()``),
 ``init_dist`` for ``--launcher pytorch`` (``torch.cuda.set_device``) and ``model_to_device``
 (``DistributedDataParallel(device_ids=[cuda device])``). :func:`patch` replaces those three with
 versions that fall back to the CPU (and the gloo backend) when no GPU is present, and leaves the
 GPU behaviour unchanged.
+
+It also makes training states safe to resume from: BasicSR's ``<iter>.state`` and model files are written
+atomically (a killed run leaves no half-written file, only a ``.<iter>.state.<pid>.tmp`` that the next auto-resume
+removes), and ``--auto_resume`` takes the newest *readable* state, saying on stderr which newer ones it
+skipped (a state cut short by an older writer, a full disk).
 """
 from __future__ import annotations
 
 import collections
 import os
 import os.path as osp
+import pickle
+import re
+import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -18,38 +27,100 @@ from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from basicsr import train as basicsr_train
 from basicsr.models import base_model
-from basicsr.utils import dist_util, scandir
+from basicsr.utils import dist_util
 from basicsr.utils.misc import check_resume
+
+from iqp_plugin.files import atomic_path
 
 # Objects that basicsr's schedulers put into their state dicts, allowed by the safe unpickler.
 SAFE_RESUME_GLOBALS = [collections.Counter]
 
 
+class UnreadableState(ValueError):
+    """A training state file that cannot be loaded; ``reason`` says why."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"Resume state {path} is unreadable ({reason}). Pass another path:resume_state, "
+                         "or delete it and use --auto_resume.")
+        self.path, self.reason = path, reason
+
+
 def load_training_state(path: str) -> dict:
-    """Load a basicsr ``.state`` file safely onto the CPU (optimizers move it to their device)."""
+    """Load a basicsr ``.state`` file safely onto the CPU (optimizers move it to their device);
+    :class:`UnreadableState` when it is cut short, corrupt or not a training state."""
     if not osp.isfile(path):
         raise FileNotFoundError(f"Resume state not found: {path}. Check path:resume_state in the option file.")
-    with torch.serialization.safe_globals(SAFE_RESUME_GLOBALS):
-        return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        with torch.serialization.safe_globals(SAFE_RESUME_GLOBALS):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
+        raise UnreadableState(path, (str(err).strip().splitlines() or [type(err).__name__])[0]) from err
+    if not isinstance(state, dict) or "iter" not in state:
+        raise UnreadableState(path, "no 'iter': not a basicsr training state")
+    return state
+
+
+def _newest_readable_state(state_dir: str, rank: int) -> tuple[str, dict] | None:
+    """(path, state) of the newest readable ``<iter>.state`` in ``state_dir``, or None when it holds none.
+
+    Rank 0 removes temporary files left by a killed writer and reports every newer state it skips on stderr;
+    ValueError when there are states but none can be read.
+    """
+    folder = Path(state_dir)
+    if not folder.is_dir():
+        return None
+    if rank == 0:
+        for tmp in folder.glob(".*.state.*.tmp"):
+            tmp.unlink(missing_ok=True)
+    iters = sorted((int(m[1]) for p in folder.iterdir() if (m := re.fullmatch(r"(\d+)\.state", p.name))),
+                   reverse=True)
+    skipped = []
+    for it in iters:
+        path = osp.join(state_dir, f"{it}.state")
+        try:
+            state = load_training_state(path)
+        except UnreadableState as err:
+            skipped.append(f"{err.path} ({err.reason})")
+            continue
+        if skipped and rank == 0:
+            print(f"iqp train: skipped unreadable training state {'; '.join(skipped)}; "
+                  f"resuming from the newest readable one, {path}.", file=sys.stderr)
+        return path, state
+    if skipped:
+        raise ValueError(f"No readable training state in {state_dir}: {'; '.join(skipped)}. "
+                         "Delete the unreadable files to start over, or pass path:resume_state.")
+    return None
 
 
 def load_resume_state(opt: dict):
-    """Drop-in for ``basicsr.train.load_resume_state`` that works without CUDA."""
-    path = None
+    """Drop-in for ``basicsr.train.load_resume_state`` that works without CUDA; ``--auto_resume`` takes the
+    newest readable state (see :func:`_newest_readable_state`)."""
     if opt["auto_resume"]:
         state_dir = osp.join(opt["root_path"], "experiments", opt["name"], "training_states")
-        if osp.isdir(state_dir):
-            states = [int(v.split(".state")[0]) for v in scandir(state_dir, suffix="state", recursive=False)]
-            if states:
-                path = osp.join(state_dir, f"{max(states)}.state")
-                opt["path"]["resume_state"] = path
+        found = _newest_readable_state(state_dir, opt.get("rank", 0))
+        if found is None:
+            return None
+        opt["path"]["resume_state"], state = found
     elif opt["path"].get("resume_state"):
-        path = opt["path"]["resume_state"]
-    if path is None:
+        state = load_training_state(opt["path"]["resume_state"])
+    else:
         return None
-    state = load_training_state(path)
     check_resume(opt, state["iter"])
     return state
+
+
+class _TorchSavingAtomically:
+    """``torch`` as ``basicsr.models.base_model`` sees it: the same module, except that ``save`` writes to a
+    temporary file and swaps it in, so BasicSR's ``<iter>.state`` and ``net_g_<iter>.pth`` (SRModel hosts)
+    are never left half-written (its retries and messages are kept)."""
+
+    def __getattr__(self, name: str):
+        return getattr(torch, name)
+
+    @staticmethod
+    def save(obj, f, *args, **kwargs) -> None:
+        with atomic_path(f) as tmp:
+            torch.save(obj, tmp, *args, **kwargs)
 
 
 def _init_dist_pytorch(backend: str, **kwargs) -> None:
@@ -76,3 +147,4 @@ def patch() -> None:
     basicsr_train.load_resume_state = load_resume_state
     dist_util._init_dist_pytorch = _init_dist_pytorch
     base_model.BaseModel.model_to_device = _model_to_device
+    base_model.torch = _TorchSavingAtomically()

@@ -6,7 +6,8 @@
 Both add ``score`` (a float32 scalar tensor) when ``score_csv`` is given, taken from the CSV written by
 the scoring step: columns ``imagename`` (path relative to ``dataroot_gt``, posix separators) and ``score``.
 
-Images are read as basicsr does (``cv2.IMREAD_COLOR``): grayscale, RGBA and 16-bit files become 8-bit BGR.
+Images are read as basicsr does (``cv2.IMREAD_COLOR``): grayscale, RGBA and 16-bit files become 8-bit BGR;
+upright, as everywhere in the project (:mod:`iqp_plugin.exif`).
 Randomness (crop, flip, degradation) comes from Python's and NumPy's global generators, which BasicSR seeds
 per worker; with an integer ``seed`` option, sample ``index`` depends only on ``(seed, epoch, index)``
 (``set_epoch`` sets the epoch, 0 by default), and the global generators are left untouched.
@@ -24,10 +25,11 @@ import numpy as np
 import torch
 from basicsr.data import degradations
 from basicsr.data.transforms import augment, paired_random_crop
-from basicsr.utils import imfrombytes, img2tensor
+from basicsr.utils import img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
+from iqp_plugin.exif import exif_orientation, upright
 from iqp_plugin.scoring import load_scores
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -46,11 +48,12 @@ def list_images(folder: str | Path) -> list[str]:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Read an image as basicsr does: HWC BGR float32 in [0, 1], 3 channels, whatever the file's depth."""
-    img = imfrombytes(Path(path).read_bytes(), float32=True)
+    """Read an image as basicsr does: HWC BGR float32 in [0, 1], 3 channels, whatever the file's depth; upright."""
+    encoded = Path(path).read_bytes()
+    img = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None:
         raise ValueError(f"Cannot decode image {path}")
-    return img
+    return upright(img, exif_orientation(encoded)).astype(np.float32) / 255.0
 
 
 def scores_for(names: list[str], csv_path: str | Path | None) -> list[float] | None:

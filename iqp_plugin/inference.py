@@ -10,8 +10,9 @@ A wrapper comes from either
 A plug-in file is a training checkpoint (``net_g_*.pth``): ``params_ema`` is loaded when present, else
 ``params``; its ``plugin_opt`` builds the plug-in when the config has no ``plugin`` block.
 
-Images keep what the file had: alpha (resized to the output), grayscale and 16-bit depth. Files are
-written atomically (temporary file + ``os.replace``), so an interrupted run never leaves half a file.
+Images are read upright (EXIF orientation applied, see :mod:`iqp_plugin.exif`) and keep what the file had:
+alpha (resized to the output), grayscale and 16-bit depth. Files are written upright, without the tag, and
+atomically (temporary file + ``os.replace``), so an interrupted run never leaves half a file.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from iqp_plugin.checkpoint import read_checkpoint
+from iqp_plugin.exif import exif_orientation, upright
 from iqp_plugin.files import write_atomic
 from iqp_plugin.model import file_sha256
 from iqp_plugin.options import read_yaml
@@ -147,14 +149,16 @@ class Picture:
 
 
 def read_picture(path: str | Path) -> Picture:
-    """Read any 8/16-bit gray, RGB or RGBA file; ValueError when it cannot be read or decoded (unreadable,
-    empty, corrupt, truncated)."""
+    """Read any 8/16-bit gray, RGB or RGBA file, upright; ValueError when it cannot be read or decoded
+    (unreadable, empty, corrupt, truncated)."""
     try:
-        img = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED)
+        data = Path(path).read_bytes()
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # ignores the EXIF orientation
     except (OSError, cv2.error) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
     if img is None or img.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"cannot decode image {path} (corrupt, truncated or unsupported)")
+    img = upright(img, exif_orientation(data))
     bits = 16 if img.dtype == np.uint16 else 8
     img = img.astype(np.float32) / (65535.0 if bits == 16 else 255.0)
     gray = img.ndim == 2 or img.shape[2] == 1

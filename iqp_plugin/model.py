@@ -47,6 +47,7 @@ from basicsr.utils import get_root_logger, tensor2img
 from basicsr.utils.registry import MODEL_REGISTRY
 from tqdm import tqdm
 
+from iqp_plugin.files import atomic_path
 from iqp_plugin.scoring import load_scores
 
 STAGES = ("codebook", "predictor", "quality")
@@ -259,9 +260,8 @@ class IQPModel(BaseModel):
                 "host": {"opt": self.opt["network_g"]["host"], "checkpoint": host_ckpt,
                          "sha256": file_sha256(host_ckpt) if host_ckpt else None},
             }
-            tmp = path + ".tmp"
-            torch.save(payload, tmp)
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                torch.save(payload, tmp)
         self.save_training_state(epoch, current_iter)
 
     def load_plugin(self, path: str, param_key: str = "params") -> None:

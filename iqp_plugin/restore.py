@@ -5,6 +5,8 @@
                 [--batch N] [--overwrite]
 
 Names and formats are kept (``OUT/<relative path>``; a single input file may also go to an image path);
+OUT may lie inside a folder IN (it is not searched for inputs), but may not be IN or a folder above it.
+Images are read upright (EXIF orientation) and written without the tag;
 RGBA keeps its alpha, grayscale stays grayscale, 16-bit PNG stays 16-bit. Existing outputs are skipped
 unless ``--overwrite``; unreadable inputs are reported and skipped. Exit code 1 when some input failed.
 """
@@ -46,11 +48,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def output_paths(src: str, dst: str) -> list[tuple[Path, Path]]:
     """(input, output) file pairs; a single input file with ``dst`` ending in an image suffix maps to it.
-    An output folder inside the input folder is not searched for inputs (earlier outputs are not inputs)."""
+    An output folder inside the input folder is not searched for inputs (earlier outputs are not inputs);
+    an output folder that is the input folder or holds it is a ValueError (its outputs would be inputs)."""
     items = find_images(src)
     if Path(src).is_file() and Path(dst).suffix.lower() in IMAGE_EXTENSIONS:
         return [(items[0][1], Path(dst))]
     out = Path(dst).resolve()
+    root = Path(src).resolve()
+    if root.is_dir() and root.is_relative_to(out):
+        where = "is the input folder" if root == out else f"holds the input folder {src}"
+        raise ValueError(f"-o {dst} {where}, so the restored files would land among the inputs: "
+                         f"choose an -o outside it, e.g. {root}_restored")
     return [(path, Path(dst) / name) for name, path in items if not path.resolve().is_relative_to(out)]
 
 

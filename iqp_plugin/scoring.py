@@ -1,14 +1,24 @@
 """``iqp score``: score image folders with an NR-IQA prior into a CSV, and summarise such a CSV.
 
     iqp score -i DIR [-i DIR ...] -o scores.csv [--metrics niqe,piqe] [--weights 1,1] [--batch N]
-              [--device auto] [--norm minmax|fixed]
+              [--device auto] [--norm minmax|fixed] [--replace]
     iqp score --summary scores.csv [--top 20]
     torchrun --nproc_per_node N -m iqp_plugin.scoring -i DIR -o scores.csv     (files sharded over ranks;
     torchrun --nproc_per_node N --no-python iqp score -i DIR -o scores.csv       the same)
 
 Raw scores go to one partial CSV per rank as they are computed, so an interrupted run resumes
 where it stopped; at the end rank 0 writes ``scores.csv`` (imagename, one raw column per metric,
-normalised ``score``) and the sidecar ``scores.json`` (normalisation constants) atomically.
+normalised ``score``) and the sidecar ``scores.json`` (normalisation constants, failures, and the
+signature of every scored file) atomically. ``-o`` naming a folder (existing, or ending in ``/``)
+means ``FOLDER/scores.csv``.
+
+Scoring into an existing CSV merges: its rows are kept, one row per image name, and the images of
+this run are added; an image whose file is unchanged since it was scored (same inode, size and
+modification time) is not computed again, a new or changed one is, and its row gets the new scores
+(or, when it cannot be scored any more, it moves to the sidecar's failures).
+The ``score`` column is normalised over all rows. ``--replace`` ignores the CSV's earlier rows: the
+CSV written at the end holds the images of this run (and of the interrupted run it resumes) only.
+A ``.json`` at the sidecar's path that is not a sidecar is never overwritten.
 """
 from __future__ import annotations
 
@@ -27,6 +37,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from iqp_plugin.exif import exif_orientation, upright
 from iqp_plugin.files import write_atomic
 from iqp_plugin.quality import DEFAULT_PRIOR, Normalizer, Prior, create_prior
 
@@ -36,6 +47,8 @@ _NOTES = {
     "grayscale": "grayscale images: scored as RGB with three equal channels",
     "16-bit": "16-bit images: scored as float RGB at full precision",
 }
+#: Keys every sidecar has: a .json at the sidecar's path without them is someone else's file.
+_SIDECAR_KEYS = {"metrics", "weights", "lower_better", "norm", "ranges"}
 
 
 @dataclass(frozen=True)
@@ -44,9 +57,51 @@ class Item:
     path: Path
 
 
+@dataclass(frozen=True)
+class Record:
+    """What the outputs say of one image: its raw scores, or the error that stopped it, and its file signature."""
+
+    raw: dict[str, float] | None
+    error: str = ""
+    file: str | None = None
+
+
 def sidecar_path(csv_path: str | Path) -> Path:
     """The JSON with the normalisation constants beside a scores CSV."""
     return Path(csv_path).with_suffix(".json")
+
+
+def output_csv(out: str | Path) -> Path:
+    """The scores CSV that ``-o out`` names: ``out/scores.csv`` for an existing folder or a path ending in a
+    separator, else ``out`` itself (a ``.json`` is refused: that name belongs to the sidecar)."""
+    text = str(out)
+    path = Path(out)
+    if text.endswith(("/", os.sep)) or path.is_dir():
+        return path / "scores.csv"
+    if sidecar_path(path) == path:
+        raise ValueError(f"the output should be a .csv file (the .json beside it is the sidecar), got {path}")
+    return path
+
+
+def file_signature(path: Path) -> str:
+    """Inode, size and modification time of a file: a scored image whose signature changed is scored anew."""
+    st = path.stat()
+    return f"{st.st_ino}-{st.st_size}-{st.st_mtime_ns}"
+
+
+def read_sidecar(path: str | Path) -> dict:
+    """The sidecar at ``path`` ({} when there is none); ValueError when the file there is not one of ours."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    try:
+        side = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        side = None
+    if not isinstance(side, dict) or not _SIDECAR_KEYS <= set(side):
+        raise ValueError(f"{path} exists and is not an iqp score sidecar; move it away or choose another -o "
+                         "(the sidecar is the CSV's name with .json)")
+    return side
 
 
 def list_images(roots: list[str | Path]) -> list[Item]:
@@ -65,8 +120,9 @@ def list_images(roots: list[str | Path]) -> list[Item]:
 
 
 def load_image(path: str | Path) -> tuple[torch.Tensor, str | None]:
-    """An image as a float RGB tensor (3, H, W) in [0,1], and a note on what was converted (or None)."""
-    with Image.open(path) as im:
+    """An image, upright, as a float RGB tensor (3, H, W) in [0,1], and a note on what was converted (or None)."""
+    data = Path(path).read_bytes()
+    with Image.open(io.BytesIO(data)) as im:
         im.load()
         mode = im.mode
         if mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -75,6 +131,7 @@ def load_image(path: str | Path) -> tuple[torch.Tensor, str | None]:
             has_alpha = mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info)
             note = "alpha" if has_alpha else "grayscale" if mode in ("L", "1") else None
             arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    arr = upright(arr, exif_orientation(data))
     return torch.from_numpy(arr).permute(2, 0, 1).clamp(0, 1), note
 
 
@@ -85,29 +142,46 @@ def score_batch(modules: dict[str, torch.nn.Module], x: torch.Tensor) -> list[di
     return [{name: columns[name][i] for name in modules} for i in range(x.shape[0])]
 
 
-def _read_raw(path: Path, metrics: tuple[str, ...]) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
-    """Scored rows {name: raw} and failures {name: error} of a partial or final CSV (broken rows skipped)."""
-    scored, failed = {}, {}
+def _read_records(path: Path, metrics: tuple[str, ...], files: dict[str, str] | None = None) -> dict[str, Record]:
+    """{name: Record} of a final CSV (file signatures from the sidecar's ``files``) or of a partial CSV, a
+    later row of a name winning; rows cut short by an interruption are skipped."""
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     if not rows:
-        return scored, failed
-    header = rows[0]
-    if header[:-1] != ["imagename", *metrics] or header[-1] not in ("error", "score"):
-        raise ValueError(f"{path} holds scores for {header[1:-1]}, not {list(metrics)}: "
-                         "delete it or write to another output")
+        return {}
+    header, n = rows[0], len(metrics)
+    if header not in (["imagename", *metrics, "score"], ["imagename", *metrics, "error", "file"]):
+        raise ValueError(f"{path} holds scores for other metrics or columns ({', '.join(header)}), not "
+                         f"{', '.join(metrics)}: delete it, write to another output, or pass --replace")
+    partial = header[-1] == "file"
+    records = {}
     for row in rows[1:]:
         if len(row) != len(header):
             continue  # a row cut short by an interruption
-        error = row[-1] if header[-1] == "error" else ""
-        if error:
-            failed[row[0]] = error
+        name = row[0]
+        file = row[-1] if partial else (files or {}).get(name)
+        if partial and row[n + 1]:
+            records[name] = Record(None, row[n + 1], file)
             continue
         try:
-            scored[row[0]] = {m: float(v) for m, v in zip(metrics, row[1:1 + len(metrics)])}
+            records[name] = Record({m: float(v) for m, v in zip(metrics, row[1:n + 1])}, "", file)
         except ValueError:
             continue
-    return scored, failed
+    return records
+
+
+def _records(out: Path, metrics: tuple[str, ...], replace: bool) -> dict[str, Record]:
+    """Everything the outputs say of each image name, oldest first and the latest winning: the failures
+    and rows of ``out`` and its sidecar (unless ``replace``), then the rows of the partial files."""
+    records = {}
+    if not replace:
+        side = read_sidecar(sidecar_path(out))
+        records.update((f["imagename"], Record(None, f["error"])) for f in side.get("failed", []))
+        if out.exists():
+            records.update(_read_records(out, metrics, side.get("files")))
+    for path in _partials(out):
+        records.update(_read_records(path, metrics))
+    return records
 
 
 def _partials(out: Path) -> list[Path]:
@@ -117,7 +191,7 @@ def _partials(out: Path) -> list[Path]:
 def _open_partial(path: Path, metrics: tuple[str, ...]):
     """Open a rank's partial CSV for appending (header on a new file; a cut-off last line is ended)."""
     if path.exists() and path.stat().st_size:
-        _read_raw(path, metrics)  # checks the header
+        _read_records(path, metrics)  # checks the header
         with open(path, "rb+") as f:
             f.seek(-1, os.SEEK_END)
             if f.read(1) != b"\n":
@@ -125,7 +199,7 @@ def _open_partial(path: Path, metrics: tuple[str, ...]):
         f = open(path, "a", newline="")
     else:
         f = open(path, "w", newline="")
-        csv.writer(f).writerow(["imagename", *metrics, "error"])
+        csv.writer(f).writerow(["imagename", *metrics, "error", "file"])
     return f
 
 
@@ -178,9 +252,9 @@ def _score_items(items: list[Item], prior: Prior, partial: Path, batch: int, dev
                     f"{m} = {v}" for m, v in raw.items() if not math.isfinite(v))
                 if bad:
                     warnings.warn(f"{item.path}: {bad}; skipped")
-                    rows.append([item.name, *[""] * len(prior.metrics), bad])
+                    rows.append([item.name, *[""] * len(prior.metrics), bad, file_signature(item.path)])
                 else:
-                    rows.append([item.name, *[raw[m] for m in prior.metrics], ""])
+                    rows.append([item.name, *[raw[m] for m in prior.metrics], "", file_signature(item.path)])
             write(rows)
 
         pending = []
@@ -189,7 +263,7 @@ def _score_items(items: list[Item], prior: Prior, partial: Path, batch: int, dev
                 x, note = load_image(item.path)
             except Exception as err:  # noqa: BLE001  (any unreadable file is reported and skipped)
                 warnings.warn(f"{item.path}: cannot read ({err}); skipped")
-                write([[item.name, *[""] * len(prior.metrics), f"unreadable: {err}"]])
+                write([[item.name, *[""] * len(prior.metrics), f"unreadable: {err}", file_signature(item.path)]])
                 continue
             if note and note not in noted:
                 noted.add(note)
@@ -202,55 +276,60 @@ def _score_items(items: list[Item], prior: Prior, partial: Path, batch: int, dev
             flush(pending)
 
 
-def _merge(items: list[Item], prior: Prior, out: Path, norm: str) -> dict:
-    """Write the final CSV and sidecar from earlier final rows and all partial files; remove the partials."""
-    scored, failed = {}, {}
-    for path in ([out] if out.exists() else []) + _partials(out):
-        s, f = _read_raw(path, prior.metrics)
-        scored.update(s)
-        failed.update(f)
-    names = [it.name for it in items if it.name in scored]
-    failed = {it.name: failed.get(it.name, "not scored") for it in items if it.name not in scored}
-    normalizer = Normalizer.fit(prior, {m: [scored[n][m] for n in names] for m in prior.metrics}, norm)
+def _merge(items: list[Item], prior: Prior, out: Path, norm: str, replace: bool) -> dict:
+    """Write the final CSV and sidecar from the earlier rows (unless ``replace``) and all partial files; remove
+    the partials. Returns the rows now in the CSV and the failures among ``items``."""
+    records = _records(out, prior.metrics, replace)
+    for it in items:
+        records.setdefault(it.name, Record(None, "not scored"))
+    scored = {n: r for n, r in sorted(records.items()) if r.raw is not None}
+    normalizer = Normalizer.fit(prior, {m: [r.raw[m] for r in scored.values()] for m in prior.metrics}, norm)
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["imagename", *prior.metrics, "score"])
-    for n in names:
-        writer.writerow([n, *[scored[n][m] for m in prior.metrics], normalizer(scored[n])])
+    for n, r in scored.items():
+        writer.writerow([n, *[r.raw[m] for m in prior.metrics], normalizer(r.raw)])
     write_atomic(out, buf.getvalue())
-    normalizer.save(sidecar_path(out), count=len(names),
-                    failed=[{"imagename": n, "error": e} for n, e in failed.items()])
+    normalizer.save(sidecar_path(out), count=len(scored),
+                    failed=[{"imagename": n, "error": r.error} for n, r in sorted(records.items()) if r.raw is None],
+                    files={n: r.file for n, r in scored.items() if r.file})
     for path in _partials(out):
         path.unlink()
-    return {"scored": len(names), "failed": failed}
+    return {"scored": len(scored), "failed": {it.name: records[it.name].error for it in items
+                                              if records[it.name].raw is None}}
 
 
 def score_folders(roots: list[str | Path], out: str | Path, prior: Prior | None = None, batch: int = 16,
-                  device: str = "auto", norm: str = "minmax", progress: bool = True) -> dict | None:
-    """Score every image under ``roots`` into the CSV ``out`` (resuming a partial run); see the module doc.
+                  device: str = "auto", norm: str = "minmax", progress: bool = True,
+                  replace: bool = False) -> dict | None:
+    """Score the images under ``roots`` into the CSV ``out`` (see :func:`output_csv`), merged with its rows
+    unless ``replace``, resuming a partial run; see the module doc.
 
-    Under torchrun each rank scores its shard; rank 0 merges and returns {'scored', 'failed'}, others None.
+    Under torchrun each rank scores its shard; rank 0 merges and returns {'scored': rows in the CSV,
+    'failed': {name: error} of this run's images}; the other ranks return None.
     """
     import torch.distributed as dist
 
     prior = prior or create_prior(DEFAULT_PRIOR)
-    out = Path(out)
-    if sidecar_path(out) == out:
-        raise ValueError(f"the output should be a .csv file, got {out}")
+    out = output_csv(out)
+    read_sidecar(sidecar_path(out))  # a foreign .json there is refused before any work
     out.parent.mkdir(parents=True, exist_ok=True)
     items = list_images(roots)
     rank, world, owned = _dist_init()
     try:
-        done = set()
-        for path in ([out] if out.exists() else []) + _partials(out):
-            done |= set(_read_raw(path, prior.metrics)[0])
-        todo = [it for it in items[rank::world] if it.name not in done]
+        records = _records(out, prior.metrics, replace)
+
+        def current(it: Item) -> bool:
+            r = records.get(it.name)
+            return r is not None and r.raw is not None and r.file == file_signature(it.path)
+
+        todo = [it for it in items[rank::world] if not current(it)]
         partial = out.parent / f"{out.name}.rank{rank}.partial.csv"
         if todo:
             _score_items(todo, prior, partial, batch, _device(device), progress and rank == 0)
         if world > 1:
             dist.barrier()
-        merged = _merge(items, prior, out, norm) if rank == 0 else None
+        merged = _merge(items, prior, out, norm, replace) if rank == 0 else None
         if world > 1:
             dist.barrier()  # leave together: a rank that exits while rank 0 merges can make gloo abort it
         return merged
@@ -330,7 +409,11 @@ def markdown(summary: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="iqp score", description=__doc__.split("\n\n")[0])
     p.add_argument("-i", "--input", action="append", help="image folder (repeatable; searched recursively)")
-    p.add_argument("-o", "--output", help="scores CSV to write (resumed when it or its partial files exist)")
+    p.add_argument("-o", "--output", help="scores CSV; an existing folder or a path ending in / means "
+                   "FOLDER/scores.csv. An existing CSV is merged with (its rows kept, new and changed images "
+                   "scored); an interrupted run resumes from its partial files")
+    p.add_argument("--replace", action="store_true",
+                   help="drop the CSV's earlier rows: it then holds only the images of this run")
     p.add_argument("--metrics", default=DEFAULT_PRIOR,
                    help=f"named prior or comma list of pyiqa NR metrics (default: {DEFAULT_PRIOR} = niqe)")
     p.add_argument("--weights", help="comma list of weights, one per metric (default: equal)")
@@ -347,10 +430,11 @@ def main(argv: list[str] | None = None) -> None:
     if not args.input or not args.output:
         p.error("scoring needs -i DIR and -o CSV (or --summary CSV)")
     weights = [float(w) for w in args.weights.split(",")] if args.weights else None
-    result = score_folders(args.input, args.output, create_prior(args.metrics, weights), max(1, args.batch),
-                           args.device, args.norm)
+    out = output_csv(args.output)
+    result = score_folders(args.input, out, create_prior(args.metrics, weights), max(1, args.batch),
+                           args.device, args.norm, replace=args.replace)
     if result is not None:
-        print(f"{result['scored']} images scored into {args.output} (constants in {sidecar_path(args.output)})")
+        print(f"{result['scored']} images scored in {out} (constants in {sidecar_path(out)})")
         if result["failed"]:
             print(f"{len(result['failed'])} skipped: " + ", ".join(result["failed"]))
 

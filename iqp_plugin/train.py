@@ -3,7 +3,8 @@
     python -m iqp_plugin.train -opt configs/X.yml [--auto_resume] [--launcher pytorch] [--force_yml k=v]
     torchrun --nproc_per_node 2 -m iqp_plugin.train -opt configs/X.yml --launcher pytorch
 
-Experiments are written under ``./experiments/<name>`` of the current directory.
+Experiments are written under ``./experiments/<name>`` of the current directory; training states are
+written atomically, and ``--auto_resume`` continues from the newest readable one (:mod:`iqp_plugin.basicsr_cpu`).
 """
 from __future__ import annotations
 

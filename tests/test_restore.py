@@ -1,4 +1,5 @@
-"""``iqp restore`` and the shared inference pieces on a tiny random SwinIR host and plug-in (CPU)."""
+"""``iqp restore`` and the shared inference pieces on a tiny random SwinIR host and plug-in (CPU); every image
+reader upright under an EXIF orientation."""
 import json
 import os
 
@@ -7,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import ExifTags, Image, ImageOps
 
-from iqp_plugin import IQPWrapper, inference
+from iqp_plugin import IQPWrapper, compare, datasets, exif, inference, restore, scoring
 from iqp_plugin.cli import run
 from iqp_plugin.model import file_sha256
 from iqp_plugin.restore import main as restore_main
@@ -211,3 +213,61 @@ def test_user_errors_exit_2(model, tmp_path, capsys, case, message):
     err = capsys.readouterr().err
     assert err.startswith("iqp: error:") and message in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("where", ["same", "parent"])
+def test_output_that_is_or_holds_the_input_folder_is_refused(model, tmp_path, capsys, monkeypatch, where):
+    config, *_ = model
+    src = tmp_path / "photos" / "in"
+    src.mkdir(parents=True)
+    cv2.imwrite(str(src / "a.png"), rand_img(16, 16))
+    out = src if where == "same" else tmp_path / "photos"
+    monkeypatch.setattr(restore, "load_from_args", lambda args: pytest.fail("the model was loaded"))
+    with pytest.raises(SystemExit) as exc:
+        run(restore_main, ["-i", str(src), "-o", str(out), "--config", str(config), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1
+    what = "is the input folder" if where == "same" else f"holds the input folder {src}"
+    assert f"iqp: error: -o {out} {what}, so the restored files would land among the inputs: " \
+           f"choose an -o outside it, e.g. {src}_restored" in err
+    assert list(tmp_path.rglob("*.png")) == [src / "a.png"]
+
+
+def with_orientation(path, rgb, orientation, **save):
+    """Save ``rgb`` (stored as is) with the EXIF orientation tag ``orientation``."""
+    tags = Image.Exif()
+    tags[ExifTags.Base.Orientation] = orientation
+    Image.fromarray(rgb).save(path, exif=tags.tobytes(), **save)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_upright_turns_as_pil_does(tmp_path, orientation):
+    rgb = rand_img(6, 10, seed=orientation)
+    with_orientation(tmp_path / "x.png", rgb, orientation)
+    data = (tmp_path / "x.png").read_bytes()
+    assert exif.exif_orientation(data) == orientation
+    with Image.open(tmp_path / "x.png") as im:
+        expected = np.asarray(ImageOps.exif_transpose(im))
+    np.testing.assert_array_equal(exif.upright(rgb, orientation), expected)
+    np.testing.assert_array_equal(scoring.load_image(tmp_path / "x.png")[0].permute(1, 2, 0).numpy() * 255,
+                                  expected.astype(np.float32))
+    np.testing.assert_array_equal(inference.read_picture(tmp_path / "x.png").rgb * 255, expected.astype(np.float32))
+    np.testing.assert_array_equal(datasets.read_image(tmp_path / "x.png")[..., ::-1] * 255, expected.astype(np.float32))
+
+
+def test_phone_photo_with_orientation_6_is_restored_and_scored_upright(model, tmp_path):
+    """A JPEG stored 16 high and 24 wide, tagged 'rotate 90 degrees clockwise to view' (6), is 24 x 16 upright."""
+    config, _, _, wrapper = model
+    src = tmp_path / "phone.jpg"
+    with_orientation(src, rand_img(16, 24), 6, quality=95)
+    view = cv2.cvtColor(cv2.imread(str(src), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)  # OpenCV's own upright view
+    assert view.shape == (24, 16, 3)
+
+    run(restore_main, ["-i", str(src), "-o", str(tmp_path / "out.png"), "--config", str(config), "--device", "cpu"])
+    restored = cv2.cvtColor(cv2.imread(str(tmp_path / "out.png")), cv2.COLOR_BGR2RGB)
+    expected = (direct(wrapper, view.astype(np.float32) / 255) * 255).round()
+    assert restored.shape == (48, 32, 3) and np.abs(restored - expected).max() <= 1
+
+    assert compare.load_u8(src).tolist() == view.tolist()
+    assert scoring.load_image(src)[0].shape == (3, 24, 16)
+    assert datasets.read_image(src).shape == (24, 16, 3)

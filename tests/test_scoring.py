@@ -1,9 +1,11 @@
-"""``iqp score``: CSV + sidecar, odd and broken files, resume, torchrun sharding, summary. CPU, no downloads."""
+"""``iqp score``: CSV + sidecar, odd and broken files, resume, merging into a CSV, torchrun sharding, summary.
+CPU, no downloads."""
 import csv
 import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -11,9 +13,11 @@ import iqp_plugin  # noqa: F401  (first: basicsr import fix)
 import numpy as np
 import pytest
 import skimage.data
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from iqp_plugin import scoring
-from iqp_plugin.quality import Normalizer, create_prior
+from iqp_plugin.quality import Normalizer, Prior, create_prior
 
 
 @pytest.fixture(autouse=True)
@@ -169,3 +173,123 @@ def test_summary_and_cli(images, tmp_path, capsys):
     assert set(summary["histograms"]) == {"piqe", "score"}
     with pytest.raises(ValueError, match="holds scores for"):
         scoring.score_folders(images, out, create_prior("niqe"), progress=False)
+
+
+# ---------------------------------------------------------------- merging into an existing CSV
+@pytest.fixture
+def fast_metric(monkeypatch):
+    """A stand-in for NIQE that needs no metric module: 'niqe' = 255 x the image's mean. Lists the value of
+    every image computed in ``computed``; raises KeyboardInterrupt (a killed run) once ``stop`` images are
+    computed, when ``stop`` is set."""
+    state = {"computed": [], "stop": None}
+
+    def score_batch(modules, x):
+        if state["stop"] is not None and len(state["computed"]) >= state["stop"]:
+            raise KeyboardInterrupt
+        values = [round(float(img.mean()) * 255) for img in x]
+        state["computed"] += values
+        return [{"niqe": float(v)} for v in values]
+
+    monkeypatch.setattr(Prior, "create_metrics", lambda self, device="cpu", as_loss=False: {})
+    monkeypatch.setattr(scoring, "score_batch", score_batch)
+    return state
+
+
+def flat_png(path, value):
+    """An 8x8 PNG of one grey ``value``: the stand-in metric scores it ``value``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(path)
+
+
+def raw_scores(out):
+    return {r["imagename"]: float(r["niqe"]) for r in read_csv(out)}
+
+
+def test_scoring_another_folder_merges(tmp_path, fast_metric):
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "s.csv"
+    flat_png(a / "x.png", 10), flat_png(a / "y.png", 20), flat_png(b / "y.png", 30), flat_png(b / "z.png", 40)
+    scoring.main(["-i", str(a), "-o", str(out)])
+    scoring.main(["-i", str(b), "-o", str(out)])
+    assert raw_scores(out) == {"x.png": 10, "y.png": 30, "z.png": 40}  # a's x kept, y re-scored from b
+    assert fast_metric["computed"] == [10, 20, 30, 40]
+    assert json.loads(scoring.sidecar_path(out).read_text())["count"] == 3
+
+    scoring.main(["-i", str(b), "-o", str(out)])  # unchanged files: nothing computed
+    flat_png(b / "z.png", 50)  # a changed file is scored again
+    scoring.main(["-i", str(b), "-o", str(out)])
+    assert fast_metric["computed"] == [10, 20, 30, 40, 50]
+    assert raw_scores(out) == {"x.png": 10, "y.png": 30, "z.png": 50}
+    assert sorted(scoring.load_scores(out).values()) == [0.0, 0.5, 1.0]  # normalised over all rows
+
+    scoring.main(["-i", str(a), "-o", str(out), "--replace"])
+    assert raw_scores(out) == {"x.png": 10, "y.png": 20}
+    assert not list(tmp_path.glob("*partial*"))
+
+
+def test_foreign_json_beside_the_csv_is_kept(tmp_path, fast_metric, capsys):
+    from iqp_plugin.cli import run
+
+    flat_png(tmp_path / "a" / "x.png", 10)
+    mine = tmp_path / "s.json"
+    mine.write_text('{"my": "notes"}')
+    for extra in ([], ["--replace"]):
+        with pytest.raises(SystemExit) as exit_:
+            run(scoring.main, ["-i", str(tmp_path / "a"), "-o", str(tmp_path / "s.csv"), *extra])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.count("\n") == 1
+        assert f"{mine} exists and is not an iqp score sidecar; move it away or choose another -o" in err
+    assert mine.read_text() == '{"my": "notes"}' and not (tmp_path / "s.csv").exists()
+    assert fast_metric["computed"] == []
+
+
+def test_output_folder_means_scores_csv_in_it(tmp_path, fast_metric, capsys):
+    flat_png(tmp_path / "a" / "x.png", 10)
+    scoring.main(["-i", str(tmp_path / "a"), "-o", f"{tmp_path / 'new'}/"])
+    assert raw_scores(tmp_path / "new" / "scores.csv") == {"x.png": 10}
+    new = tmp_path / "new"
+    assert f"in {new / 'scores.csv'} (constants in {new / 'scores.json'})" in capsys.readouterr().out
+    (tmp_path / "old").mkdir()
+    scoring.main(["-i", str(tmp_path / "a"), "-o", str(tmp_path / "old")])
+    assert raw_scores(tmp_path / "old" / "scores.csv") == {"x.png": 10}
+
+
+NAMES = [f"img{i}.png" for i in range(6)]
+VALUE = {name: 20 + 30 * i for i, name in enumerate(NAMES)}  # the stand-in score of each image
+RUN = st.tuples(st.sets(st.sampled_from(NAMES), min_size=1),  # the images of the folder
+                st.integers(0, 2),  # which of three folders holds them
+                st.booleans(),  # --replace
+                st.none() | st.integers(0, 5))  # killed after this many images computed, or not
+
+
+@settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(runs=st.lists(RUN, min_size=1, max_size=6))
+def test_merge_and_resume_property(fast_metric, runs):
+    """Runs over overlapping folders, killed at random points: the CSV holds exactly one row per image scored
+    by a finished run (or by the killed runs it finished), and loses none unless --replace."""
+    prior = create_prior("offline")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        out = tmp / "scores.csv"
+        in_csv, pending = set(), set()  # what the CSV holds; what killed runs left in the partial files
+        for names, folder, replace, stop in runs:
+            root = tmp / f"f{folder}"
+            for path in root.glob("*.png"):
+                if path.name not in names:
+                    path.unlink()
+            for name in names - {p.name for p in root.glob("*.png")}:
+                flat_png(root / name, VALUE[name])
+            before = read_csv(out) if out.exists() else []
+            fast_metric.update(computed=[], stop=stop)
+            try:
+                scoring.score_folders([root], out, prior, batch=1, progress=False, replace=replace)
+            except KeyboardInterrupt:
+                pending |= {n for n in NAMES if VALUE[n] in fast_metric["computed"]}
+            else:
+                in_csv = (set() if replace else in_csv) | pending | names
+                pending = set()
+            rows = read_csv(out) if out.exists() else []
+            assert len(rows) == len({r["imagename"] for r in rows})  # one row per image
+            assert {r["imagename"] for r in rows} == in_csv
+            assert all(float(r["niqe"]) == VALUE[r["imagename"]] for r in rows)
+            if not replace:
+                assert {r["imagename"] for r in before} <= {r["imagename"] for r in rows}  # no row lost
