@@ -2,7 +2,7 @@
 
 The paper's claim as a controlled experiment with a pristine reference that training never sees:
 
-1. data      ``--data DIR`` (any folder of HQ images; default the shared CelebA faces), central square at 128 px:
+1. data      ``--data DIR`` (any folder of HQ images, e.g. aligned CelebA faces), central square at 128 px:
              the last ``heldout`` images held out (pristine, evaluation only); of the others, a seeded
              ``--contaminate`` fraction replaced by contaminated copies (blur, down-up sampling, JPEG; see
              benchmarks/beyond_gt_data.py). Only the oracle ever trains on the pristine copies.
@@ -25,7 +25,7 @@ Every training runs the project's entry point (``python -m iqp_plugin.train -opt
 reuses the data, the scores and every training whose ``net_g_latest.pth`` exists. Nothing is tuned on the
 held-out images: the configs were fixed before the held-out numbers were looked at.
 
-    python benchmarks/beyond_gt.py --budget small                                    # CPU, 2 cores
+    python benchmarks/beyond_gt.py --budget small --data DIR                         # CPU, 2 cores
     python benchmarks/beyond_gt.py --budget full --device cuda --data DIR --out OUT  # GPU
 """
 from __future__ import annotations
@@ -58,7 +58,6 @@ from iqp_plugin.scoring import load_scores  # noqa: E402
 from iqp_plugin.train import read_options  # noqa: E402
 
 CONFIGS = REPO / "configs" / "beyond_gt"
-DATA = REPO.parent / "shared" / "data" / "faces_hq_celeba128"
 SIZE = 128
 SCORES = (0.1, 0.3, 0.5, 0.7, 0.95)
 TARGET = 0.95
@@ -93,7 +92,7 @@ def arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--budget", choices=BUDGETS, default="small",
                    help="tiny: seconds (tests, plumbing only); small: CPU, about 45 minutes; full: a GPU")
-    p.add_argument("--data", default=str(DATA), help="folder of HQ images (faces: aligned crops)")
+    p.add_argument("--data", required=True, help="folder of HQ images (faces: aligned crops)")
     p.add_argument("--contaminate", type=float, default=0.5, help="fraction of the training GT contaminated")
     p.add_argument("--hosts", default="restoreformer,swinir", help=f"host families: {', '.join(HOSTS)}")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))

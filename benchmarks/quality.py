@@ -2,7 +2,7 @@
 
 A small, fully reproducible version of the paper's claim (seeded data, degradations and training):
 
-1. data       ../shared/data/faces_hq_celeba128 (900 aligned 128 px faces): the last ``heldout`` images are
+1. data       DATA/faces_hq_celeba128 (``--data DATA``; 900 aligned 128 px faces): the last ``heldout`` images are
               held out, training uses the first ``train`` of the rest (symlinks in WORK/data/{train,heldout});
 2. score      ``iqp score`` with the offline prior (NIQE) on the training faces -> WORK/data/train_scores.csv;
 3. host       configs/bench/face_host.yml: a small SwinIR x1 face restorer trained from scratch by BasicSR's
@@ -13,7 +13,7 @@ A small, fully reproducible version of the paper's claim (seeded data, degradati
               mistaken for the prior;
 8. evaluate   on the held-out faces, degraded once with the training degradations (seed 0): PSNR/SSIM,
               NIQE (the prior's metric, trained on) and PIQE (held out: never used in training); on
-              ../shared/data/faces_real_lq (46 real degraded faces, resized to 128 px, no GT): NIQE and PIQE.
+              DATA/faces_real_lq (46 real degraded faces, resized to 128 px, no GT): NIQE and PIQE.
               Outputs are rounded to 8 bit before scoring, as saved images would be.
 
 Every training runs the project's entry point (``python -m iqp_plugin.train -opt configs/bench/X.yml
@@ -49,7 +49,6 @@ from iqp_plugin.quality import create_prior  # noqa: E402
 from iqp_plugin.train import read_options  # noqa: E402
 
 CONFIGS = REPO / "configs" / "bench"
-DATA = REPO.parent / "shared" / "data"
 SIZE = 128
 HOLDOUT = 100  # the last HOLDOUT faces are never trained on
 #: images and training iterations of each budget (the fine-tuned host gets codebook + predictor + quality)
@@ -74,7 +73,7 @@ def arg_parser(doc: str = __doc__, out: str = str(REPO / "benchmarks" / "out" / 
                    help="tiny: seconds (tests); small: about 15 minutes on a CPU; full: for a GPU")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--out", default=out, help="output folder (JSON, markdown; trainings under OUT/work_<budget>)")
-    p.add_argument("--data", default=str(DATA), help="folder holding faces_hq_celeba128 and faces_real_lq")
+    p.add_argument("--data", required=True, help="folder holding faces_hq_celeba128 and faces_real_lq")
     return p
 
 
