@@ -17,7 +17,7 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip wheel 'setuptools<81'
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install -q --no-build-isolation basicsr==1.4.2
-	$(BIN)/python -m pip install -q --no-build-isolation -e '.[test]'
+	$(BIN)/python -m pip install -q --no-build-isolation -e '.[test,export]'
 	touch $(STAMP)
 
 test: $(STAMP)

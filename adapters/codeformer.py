@@ -16,7 +16,7 @@ from spandrel_extra_arches.architectures.CodeFormer import CodeFormer as Spandre
 from spandrel_extra_arches.architectures.CodeFormer.__arch.codeformer import (AttnBlock, ResBlock, Upsample,
                                                                              adaptive_instance_normalization)
 
-from adapters.base import Bottleneck, HostAdapter, register_adapter
+from adapters.base import Bottleneck, HostAdapter, rebuilt, register_adapter
 
 #: submodules of a CodeFormer that its VQGAN checkpoint (``vqgan_path``) holds
 VQGAN_MODULES = ("encoder", "quantize", "generator")
@@ -54,8 +54,15 @@ class CodeFormerAdapter(HostAdapter):
 
     name = "codeformer"
     host_types = ("CodeFormer",)
+    spandrel_ids = ("CodeFormer",)
     image_range = (-1.0, 1.0)
     input_size = 512
+
+    @classmethod
+    def from_descriptor(cls, descriptor, **opt) -> CodeFormerAdapter:
+        """The registered :class:`CodeFormer` with the hyper-parameters spandrel read (all but ``n_head``,
+        which no tensor shape shows: spandrel assumes the official 8)."""
+        return cls(rebuilt(CodeFormer, descriptor, **descriptor.model.hyperparameters), **opt)
 
     @property
     def channels(self) -> int:

@@ -6,6 +6,10 @@
 The submodule's output is both ``feat`` and ``z``; the plug-in's result replaces it and the host's
 own forward carries on unchanged. The submodule must output a (B, C, H, W) tensor; C is read from
 its ``out_channels`` or given as ``channels``.
+
+With ``host: auto`` the host is spandrel's model of the checkpoint (spandrel's submodule names, e.g.
+``model.1.sub.<num_blocks>`` for the last body conv of an ESRGAN/RRDBNet), called on ``image_range``
+[0, 1] as spandrel's models are, and tiles are cut to the input multiple spandrel gives.
 """
 from __future__ import annotations
 
@@ -41,6 +45,13 @@ class HookAdapter(HostAdapter):
         if self._channels is None:
             raise ValueError(f"adapter_opt: cannot tell the channel count of '{at}'; add channels: <C>.")
         self.image_range = tuple(image_range)
+
+    @classmethod
+    def from_descriptor(cls, descriptor, **opt) -> HookAdapter:
+        """Spandrel's model, hooked; ``size_multiple`` from spandrel's size requirements."""
+        adapter = cls(descriptor.model, **opt)
+        adapter.size_multiple = descriptor.size_requirements.multiple_of
+        return adapter
 
     @property
     def channels(self) -> int:

@@ -70,6 +70,10 @@ class RestoreFormerAdapter(HostAdapter):
 
     name = "restoreformer"
     host_types = ("RestoreFormer", "RestoreFormerPP")
+    #: spandrel builds the registered ``RestoreFormer`` itself, assuming the official layout (attention at 16 px
+    #: of a 512 px input) and ``head_size`` 8; it takes RestoreFormer++ files for RestoreFormer and cannot
+    #: rebuild them (configure ``RestoreFormerPP`` by hand)
+    spandrel_ids = ("RestoreFormer",)
     image_range = (-1.0, 1.0)
 
     @property

@@ -9,24 +9,41 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from basicsr.utils.registry import ARCH_REGISTRY
 
-from adapters.base import Bottleneck, HostAdapter, register_adapter
+from adapters.base import Bottleneck, HostAdapter, rebuilt, register_adapter
 
 
 @register_adapter
 class SwinIRAdapter(HostAdapter):
     name = "swinir"
     host_types = ("SwinIR",)
+    spandrel_ids = ("SwinIR",)
     image_range = (0.0, 1.0)
+
+    @classmethod
+    def from_descriptor(cls, descriptor, **opt) -> SwinIRAdapter:
+        """BasicSR's registered SwinIR with the hyper-parameters spandrel read. ``img_range`` is no tensor
+        shape: spandrel takes 255 for window size 7 (the official JPEG models) and 1 otherwise."""
+        hp = dict(descriptor.model.hyperparameters)
+        hp.pop("norm_layer")  # always nn.LayerNorm, BasicSR's default
+        if hp.pop("start_unshuffle") != 1:
+            raise ValueError("this SwinIR pixel-unshuffles its input (conv_first.1), which BasicSR's SwinIR cannot: "
+                             "use adapter: hook")
+        return cls(rebuilt(ARCH_REGISTRY.get("SwinIR"), descriptor, **hp), **opt)
 
     @property
     def channels(self) -> int:
         return self.host.embed_dim
 
+    @property
+    def size_multiple(self) -> int:
+        return self.host.layers[0].residual_group.blocks[0].window_size
+
     def encode(self, x: torch.Tensor) -> Bottleneck:
         host = self.host
         h, w = x.shape[-2:]
-        win = host.layers[0].residual_group.blocks[0].window_size
+        win = self.size_multiple
         pad_w, pad_h = -w % win, -h % win
         if pad_w or pad_h:  # reflect as the official code; replicate where the image is too small to reflect
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if pad_w < w and pad_h < h else "replicate")

@@ -9,14 +9,15 @@ GPU behaviour unchanged.
 It also makes training states safe to resume from: BasicSR's ``<iter>.state`` and model files are written
 atomically (a killed run leaves no half-written file, only a ``.<iter>.state.<pid>.tmp`` that the next auto-resume
 removes), and ``--auto_resume`` takes the newest *readable* state, saying on stderr which newer ones it
-skipped (a state cut short by an older writer, a full disk).
+skipped (a state cut short by an older writer, a full disk). Every file it loads (training states, SRModel's
+``path:pretrain_network_g``) goes through the safe unpickler (:func:`iqp_plugin.checkpoint.safe_load`): one
+that is not a safe checkpoint is refused in one line.
 """
 from __future__ import annotations
 
 import collections
 import os
 import os.path as osp
-import pickle
 import re
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ from basicsr.models import base_model
 from basicsr.utils import dist_util
 from basicsr.utils.misc import check_resume
 
+from iqp_plugin.checkpoint import CheckpointError, safe_load
 from iqp_plugin.files import atomic_path
 
 # Objects that basicsr's schedulers put into their state dicts, allowed by the safe unpickler.
@@ -51,10 +53,9 @@ def load_training_state(path: str) -> dict:
     if not osp.isfile(path):
         raise FileNotFoundError(f"Resume state not found: {path}. Check path:resume_state in the option file.")
     try:
-        with torch.serialization.safe_globals(SAFE_RESUME_GLOBALS):
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
-        raise UnreadableState(path, (str(err).strip().splitlines() or [type(err).__name__])[0]) from err
+        state = safe_load(path, SAFE_RESUME_GLOBALS)
+    except CheckpointError as err:
+        raise UnreadableState(path, err.reason) from err
     if not isinstance(state, dict) or "iter" not in state:
         raise UnreadableState(path, "no 'iter': not a basicsr training state")
     return state
@@ -109,10 +110,11 @@ def load_resume_state(opt: dict):
     return state
 
 
-class _TorchSavingAtomically:
+class _SafeTorch:
     """``torch`` as ``basicsr.models.base_model`` sees it: the same module, except that ``save`` writes to a
     temporary file and swaps it in, so BasicSR's ``<iter>.state`` and ``net_g_<iter>.pth`` (SRModel hosts)
-    are never left half-written (its retries and messages are kept)."""
+    are never left half-written (its retries and messages are kept), and ``load`` (``path:pretrain_network_g``
+    of SRModel hosts) refuses a file that is not a safe checkpoint in one line (:func:`safe_load`)."""
 
     def __getattr__(self, name: str):
         return getattr(torch, name)
@@ -121,6 +123,10 @@ class _TorchSavingAtomically:
     def save(obj, f, *args, **kwargs) -> None:
         with atomic_path(f) as tmp:
             torch.save(obj, tmp, *args, **kwargs)
+
+    @staticmethod
+    def load(f, *args, **kwargs):
+        return safe_load(f)  # onto the CPU, as basicsr's map_location asks
 
 
 def _init_dist_pytorch(backend: str, **kwargs) -> None:
@@ -147,4 +153,4 @@ def patch() -> None:
     basicsr_train.load_resume_state = load_resume_state
     dist_util._init_dist_pytorch = _init_dist_pytorch
     base_model.BaseModel.model_to_device = _model_to_device
-    base_model.torch = _TorchSavingAtomically()
+    base_model.torch = _SafeTorch()

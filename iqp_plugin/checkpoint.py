@@ -2,13 +2,19 @@
 
 Accepted: BasicSR ``params_ema`` / ``params``, ``state_dict`` (Lightning, with the ``vqvae.`` prefix of
 RestoreFormer's official files), ``model``, a bare state dict, and ``.safetensors``. Pickles are read
-with ``torch.load(weights_only=True)`` and a short allow-list, so no pickled code ever runs.
+with ``torch.load(weights_only=True)`` and a short allow-list, so no pickled code ever runs (:func:`safe_load`,
+also used for plug-in files and training states); a file that holds other objects is refused in one line as
+not a safe checkpoint.
+
+:func:`describe_host` hands the weights to spandrel, which detects the architecture and its hyper-parameters
+(``host: auto``); :func:`identify` names the architecture in load errors.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import pickle
+import re
 from collections.abc import Mapping
 
 import torch
@@ -20,10 +26,34 @@ CONTAINER_KEYS = ("params_ema", "params", "state_dict", "model", "net_g")
 PREFIXES = ("vqvae.", "module.")
 #: Harmless classes found in common checkpoints (``args`` of Namespace type), allowed when unpickling.
 SAFE_GLOBALS = [argparse.Namespace]
+#: What ``torch.load`` raises on a file it cannot read (cut short, foreign, or holding more than weights).
+LOAD_ERRORS = (RuntimeError, EOFError, OSError, KeyError, ValueError, pickle.UnpicklingError)
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the host."""
+    """A checkpoint that cannot be read or does not fit the host; ``reason``: the cause, without the file name."""
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason or message
+
+
+def safe_load(path: str, allowed: list | tuple = ()) -> object:
+    """``torch.load`` onto the CPU that never runs pickled code: only tensors, containers and
+    :data:`SAFE_GLOBALS` plus ``allowed`` are unpickled. CheckpointError, one line, when the file holds other
+    objects (not a safe checkpoint) or cannot be read."""
+    try:
+        with torch.serialization.safe_globals([*SAFE_GLOBALS, *allowed]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except LOAD_ERRORS as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err)) if isinstance(err, pickle.UnpicklingError) else None
+        if found:
+            reason = f"not a safe checkpoint: it holds {found[1]}, which unpickling could run as code"
+            raise CheckpointError(f"{path} is {reason}, so it was not loaded. If you trust the file, load it yourself "
+                                  "and re-save only its weights (a dict of tensors) with torch.save.", reason) from err
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {reason}",
+                              reason) from err
 
 
 def read_checkpoint(path: str) -> dict:
@@ -37,15 +67,7 @@ def read_checkpoint(path: str) -> dict:
             return load_file(path, device="cpu")
         except Exception as err:  # safetensors raises its own error types
             raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
-    try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"{path} holds Python objects that are not safe to unpickle, so it was not loaded ({err}). "
-            "If you trust the file, re-save only its weights: torch.save(ckpt['state_dict'], 'weights.pth').") from err
-    except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {err}") from err
+    obj = safe_load(path)
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict.")
     return dict(obj)
@@ -72,16 +94,42 @@ def extract_state_dict(ckpt: Mapping, key: str | None = None) -> dict[str, torch
     return state
 
 
+def spandrel_architecture(state: Mapping[str, torch.Tensor]):
+    """The spandrel ``Architecture`` (spandrel-extra-arches' included) that detects ``state``, or None."""
+    import spandrel
+    import spandrel_extra_arches
+
+    spandrel_extra_arches.install(ignore_duplicates=True)
+    for support in spandrel.MAIN_REGISTRY.architectures("detection"):
+        if support.detect(state):
+            return support.architecture
+    return None
+
+
 def identify(state: Mapping[str, torch.Tensor]) -> str | None:
     """What spandrel takes the state dict for (architecture name), or None."""
-    try:
-        import spandrel
-        import spandrel_extra_arches
+    arch = spandrel_architecture(state)
+    return arch.name if arch else None
 
-        spandrel_extra_arches.install(ignore_duplicates=True)
-        return spandrel.ModelLoader().load_from_state_dict(dict(state)).architecture.name
-    except Exception:  # spandrel raises many types for unknown dicts; detection is best effort
-        return None
+
+def describe_host(path: str):
+    """spandrel's ``ModelDescriptor`` of the host in ``path`` (``host: auto``): the file is read safely (as
+    :func:`read_checkpoint`, any container :func:`extract_state_dict` knows), spandrel detects the architecture
+    and rebuilds it with the hyper-parameters it reads from the tensor shapes, loading the weights strictly.
+    CheckpointError, one line, when spandrel knows no such architecture or cannot rebuild the one it detects."""
+    state = extract_state_dict(read_checkpoint(path))
+    arch = spandrel_architecture(state)
+    instead = "give the host's type and options instead of host: auto (host: {type: ..., ...})"
+    if arch is None:
+        raise CheckpointError(f"{path}: spandrel recognises no architecture in it (keys such as "
+                              f"{', '.join(list(state)[:3])}); {instead}")
+    try:
+        return arch.load(dict(state))
+    except Exception as err:  # spandrel's loaders raise many types (KeyError, a strict load's RuntimeError, ...)
+        reason = " ".join(line.strip() for line in str(err).strip().splitlines()[:2]) or type(err).__name__
+        reason = reason if len(reason) <= 240 else reason[:240] + " ..."
+        raise CheckpointError(f"{path} looks like a {arch.name} checkpoint to spandrel, which cannot rebuild it "
+                              f"({reason}); {instead}") from err
 
 
 def load_weights(module: nn.Module, path: str, key: str | None = None) -> None:

@@ -1,7 +1,9 @@
 """``iqp compare``: host alone vs host + IQP plug-in on the same inputs, as a report folder.
 
-    iqp compare -i IN -o REPORT_DIR (--config wrapper.yml | --host ... --plugin F) [--gt GT_DIR]
+    iqp compare -i IN -o REPORT_DIR (--config wrapper.yml | --host ... --plugin F) [--allow-host-mismatch]
+                [--gt GT_DIR]
                 [--metrics niqe,...] [--heldout piqe,...] [--score S] [--scores 0.5,0.7,0.9] [--device]
+                [--tile T] [--tile-overlap O] [--tile-above PIXELS]   (as in ``iqp restore``)
 
 REPORT_DIR gets ``images/{input,host,iqp,score_<s>}/`` (8-bit PNGs), ``grids/`` (input | host | host+IQP
 [| GT] per image, labelled), ``metrics.csv`` and ``metrics.md`` (per image and mean: every NR metric of
@@ -12,7 +14,9 @@ Every number is computed on the saved files, reloaded, so it matches what a view
 standard errors from zero, else 'same' (within noise), with the difference and its standard error.
 
 GT files are matched by relative path, else by name with LR/HR/LQ/GT/x<scale> tokens removed
-(``img_001_SRF_4_LR.png`` <-> ``img_001_SRF_4_HR.png``).
+(``img_001_SRF_4_LR.png`` <-> ``img_001_SRF_4_HR.png``). Every GT's size is checked against its output's
+(input size times the model's scale, measured on the first image) before anything is written; REPORT_DIR
+is checked before the model loads.
 """
 from __future__ import annotations
 
@@ -33,12 +37,15 @@ from tqdm import tqdm
 
 from iqp_plugin.inference import (
     add_model_args,
+    add_tile_args,
+    check_tile_args,
     find_images,
     load_from_args,
     read_picture,
     run_batch,
 )
-from iqp_plugin.files import write_atomic
+from iqp_plugin.cli import writing
+from iqp_plugin.files import check_writable, write_atomic
 from iqp_plugin.quality import create_prior
 
 #: A verdict is 'same' when the mean paired difference is under this many standard errors (or under
@@ -58,6 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--heldout", default="piqe", help="NR metrics not in the prior, comma-separated ('' for none)")
     p.add_argument("--score", type=float, help="score asked of the plug-in in the table (default: its target)")
     p.add_argument("--scores", default="0.5,0.7,0.9", help="conditioning scores of the sweep plot")
+    add_tile_args(p)
     return p.parse_args(argv)
 
 
@@ -86,6 +94,19 @@ def match_gt(names: list[str], gt_dir: str) -> dict[str, Path]:
     if missing:
         raise ValueError(f"no GT in {gt_dir} for {len(missing)} input(s), e.g. {', '.join(missing[:3])}")
     return found
+
+
+def check_gt_sizes(items: list[tuple[str, Path]], gts: dict[str, Path], scale: tuple[float, float]) -> None:
+    """ValueError naming the first GT whose size is not its input's times ``scale`` (output / input size per side,
+    measured on one image), so that a wrong GT stops the run before anything is written."""
+    for name, path in items:
+        h, w = read_picture(path).rgb.shape[:2]
+        out_h, out_w = round(h * scale[0]), round(w * scale[1])
+        gt_h, gt_w = read_picture(gts[name]).rgb.shape[:2]
+        if (gt_h, gt_w) != (out_h, out_w):
+            factor = f"{scale[1]:g}x" if scale[0] == scale[1] else f"{scale[1]:g}x{scale[0]:g} times"
+            raise ValueError(f"GT {gts[name]} is {gt_w}x{gt_h}, but the output of {name} will be {out_w}x{out_h} "
+                             f"({factor} its {w}x{h} input): give GT images of the output's size")
 
 
 def to_u8(rgb: np.ndarray) -> np.ndarray:
@@ -219,7 +240,9 @@ def main(argv: list[str] | None = None) -> None:
     sweep_scores = parse_scores(args.scores)
     if args.score is not None and not 0.0 <= args.score <= 1.0:
         raise ValueError(f"--score must lie in [0, 1] (a normalised quality score), got {args.score}")
+    check_tile_args(args)
     items = find_images(args.input)
+    check_writable(args.output, folder=True)
     gts = match_gt([n for n, _ in items], args.gt) if args.gt else {}
     heldout = [m.strip() for m in args.heldout.split(",") if m.strip()]
     prior = create_prior(args.metrics)
@@ -249,12 +272,18 @@ def main(argv: list[str] | None = None) -> None:
                 values[m] = float("nan")
         return values
 
+    writing(out)
     rows, grids = [], []
     sweep = {m: [[] for _ in sweep_scores] for m in nr.metrics}
     for (name, path), stem in zip(tqdm(items, desc="compare", unit="img"), stems):
         rgb = read_picture(path).rgb[None]
-        outputs = {"host": run_batch(wrapper, rgb, plugin=False), "iqp": run_batch(wrapper, rgb, args.score)}
-        outputs.update({f"score_{s:.2f}": run_batch(wrapper, rgb, s) for s in sweep_scores})
+        tiling = {"tile": args.tile, "overlap": args.tile_overlap, "tile_above": args.tile_above}
+        outputs = {"host": run_batch(wrapper, rgb, plugin=False, **tiling),
+                   "iqp": run_batch(wrapper, rgb, args.score, **tiling)}
+        outputs.update({f"score_{s:.2f}": run_batch(wrapper, rgb, s, **tiling) for s in sweep_scores})
+        if gts and not rows:  # the first image gives the model's scale
+            size = outputs["host"].shape[1:3]
+            check_gt_sizes(items, gts, (size[0] / rgb.shape[1], size[1] / rgb.shape[2]))
         save_png(out / "images" / "input" / stem, rgb[0])
         for kind, img in outputs.items():
             save_png(out / "images" / kind / stem, img[0])
@@ -269,8 +298,6 @@ def main(argv: list[str] | None = None) -> None:
                   ("host", saved["host"]), ("host + IQP", saved["iqp"])]
         if gts:
             gt = load_u8(gts[name])
-            if gt.shape != saved["host"].shape:
-                raise ValueError(f"GT {gts[name]} is {gt.shape[1]}x{gt.shape[0]}, the output of {name} is {w}x{h}")
             for kind in ("host", "iqp"):
                 values[kind].update(full_reference(saved[kind], gt))
             for i, s in enumerate(sweep_scores):

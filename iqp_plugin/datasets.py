@@ -5,6 +5,9 @@
 ``IQPPairedDataset`` reads LQ/GT folders.
 Both add ``score`` (a float32 scalar tensor) when ``score_csv`` is given, taken from the CSV written by
 the scoring step: columns ``imagename`` (path relative to ``dataroot_gt``, posix separators) and ``score``.
+A GT image the scorer could not score (listed in the failures of the CSV's sidecar: a flat or tiny image
+the metric fails on, an unreadable file) is left out, with its pair, and named in a warning: it never
+stops training (:func:`scores_for`). Any other image without a score is an error.
 
 Images are read as basicsr does (``cv2.IMREAD_COLOR``): grayscale, RGBA and 16-bit files become 8-bit BGR;
 upright, as everywhere in the project (:mod:`iqp_plugin.exif`).
@@ -17,6 +20,7 @@ from __future__ import annotations
 import math
 import random
 import re
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,18 +34,17 @@ from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
 from iqp_plugin.exif import exif_orientation, upright
-from iqp_plugin.scoring import load_scores
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+from iqp_plugin.files import IMAGE_SUFFIXES, image_files
+from iqp_plugin.scoring import failed_images, load_scores
 
 
 def list_images(folder: str | Path) -> list[str]:
-    """Sorted posix paths, relative to ``folder``, of the image files under it (recursive)."""
+    """Sorted posix paths, relative to ``folder``, of the image files under it (recursive; broken symbolic
+    links are named in a warning)."""
     root = Path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"Image folder not found: {root}")
-    names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    names = sorted(p.relative_to(root).as_posix() for p in image_files(root))
     if not names:
         raise FileNotFoundError(f"No images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
     return names
@@ -56,22 +59,27 @@ def read_image(path: str | Path) -> np.ndarray:
     return upright(img, exif_orientation(encoded)).astype(np.float32) / 255.0
 
 
-def scores_for(names: list[str], csv_path: str | Path | None) -> list[float] | None:
-    """Scores of ``names`` from ``csv_path`` (None without a CSV); every name must have one in [0, 1]."""
+def scores_for(names: list[str], csv_path: str | Path | None) -> dict[str, float] | None:
+    """{name: score in [0, 1]} of ``names`` from ``csv_path`` (None without a CSV). Names the scorer could not
+    score (the failures in the CSV's sidecar) are left out with a warning; any other name without a score
+    is a ValueError."""
     if csv_path is None:
         return None
-    try:
-        table = load_scores(csv_path)
-    except KeyError as err:
-        raise ValueError(f"{csv_path} needs the columns 'imagename' and 'score' (no {err})") from err
-    missing = [n for n in names if n not in table]
+    table, failed = load_scores(csv_path), failed_images(csv_path)
+    missing = [n for n in names if n not in table and n not in failed]
     if missing:
         raise ValueError(f"{len(missing)} of {len(names)} images have no score in {csv_path}, "
-                       f"e.g. {', '.join(missing[:5])}. Score the folder again.")
-    bad = [n for n in names if not 0.0 <= table[n] <= 1.0]
+                         f"e.g. {', '.join(missing[:5])}. Score the folder again.")
+    left_out = [n for n in names if n not in table]
+    if left_out:
+        more = f" (+{len(left_out) - 5} more)" if len(left_out) > 5 else ""
+        warnings.warn(f"{csv_path}: {len(left_out)} of {len(names)} images could not be scored and are left out: "
+                      + ", ".join(f"{n} ({failed[n]})" for n in left_out[:5]) + more)
+    scores = {n: table[n] for n in names if n in table}
+    bad = [n for n, s in scores.items() if not 0.0 <= s <= 1.0]
     if bad:
-        raise ValueError(f"Scores must lie in [0, 1] in {csv_path}; {bad[0]} has {table[bad[0]]}")
-    return [table[n] for n in names]
+        raise ValueError(f"Scores must lie in [0, 1] in {csv_path}; {bad[0]} has {scores[bad[0]]}")
+    return scores
 
 
 def _resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -132,8 +140,11 @@ class _ScoredFolder(data.Dataset):
         self.seed = opt.get("seed", None if self.train else 0)
         self.epoch = 0
         self.gt_root = Path(opt["dataroot_gt"])
-        self.gt_names = list_images(self.gt_root)
-        self.scores = scores_for(self.gt_names, opt.get("score_csv"))
+        names = list_images(self.gt_root)
+        scores = scores_for(names, opt.get("score_csv"))
+        self.gt_names = names if scores is None else list(scores)
+        self.left_out = sorted(set(names) - set(self.gt_names))  # GT images the scorer could not score
+        self.scores = None if scores is None else list(scores.values())
         self.scale = int(opt.get("scale", 1))
         self.gt_size = opt.get("gt_size")
         self.use_hflip = opt.get("use_hflip", self.train)
@@ -245,7 +256,8 @@ class IQPPairedDataset(_ScoredFolder):
         if len(lq_by_key) < len(lq_names) or len(set(gt_keys)) < len(gt_keys):
             raise ValueError(f"Two files share a name stem in {self.lq_root} or {self.gt_root}; pairing is ambiguous")
         unmatched_gt = [n for n, k in zip(self.gt_names, gt_keys) if k not in lq_by_key]
-        unmatched_lq = sorted(set(lq_by_key.values()) - {lq_by_key.get(k) for k in gt_keys})
+        paired = {lq_by_key.get(k) for k in gt_keys + [_pair_key(n) for n in self.left_out]}
+        unmatched_lq = sorted(set(lq_by_key.values()) - paired)
         if unmatched_gt or unmatched_lq:
             raise ValueError(f"Unmatched files between {self.gt_root} and {self.lq_root}: "
                              f"GT without LQ: {unmatched_gt[:5]} ({len(unmatched_gt)}), "

@@ -1,10 +1,56 @@
-"""Atomic file writes: readers and interrupted runs never see half a file."""
+"""Files the project reads and writes: image listings, output checks made before any work, atomic writes.
+
+Readers and interrupted runs never see half a file: every output is written to a temporary file beside it
+and swapped in (:func:`atomic_path`). Outputs are checked before a model loads (:func:`check_writable`), so
+a wrong or read-only ``-o`` fails at once. Listings skip broken symbolic links, naming them in a warning.
+"""
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+#: Suffixes of the image files that every command and dataset reads (any case).
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def image_files(root: str | Path) -> list[Path]:
+    """The image files under the folder ``root`` (recursive, sorted); broken symbolic links with an image
+    suffix are skipped and named in a warning."""
+    files, broken = [], []
+    for path in sorted(Path(root).rglob("*")):
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            if path.is_file():
+                files.append(path)
+            elif path.is_symlink() and not path.exists():
+                broken.append(f"{path} -> {os.readlink(path)}")
+    if broken:
+        s = "s" if len(broken) > 1 else ""
+        more = f" (+{len(broken) - 5} more)" if len(broken) > 5 else ""
+        warnings.warn(f"{len(broken)} broken symbolic link{s} skipped: {', '.join(broken[:5])}{more}")
+    return files
+
+
+def check_writable(path: str | Path, folder: bool = False, option: str = "-o", given: str | Path | None = None) -> None:
+    """ValueError unless a file (or, with ``folder``, files in a folder) can be written at ``path``: it is not
+    the other kind, and its nearest existing folder is one this process may write in (missing folders are
+    made on writing). ``given`` is what the user passed as ``option`` when ``path`` lies under it."""
+    path = Path(path)
+    given = path if given is None else Path(given)
+    if path.exists() and path.is_dir() != folder:
+        want, got = ("folder", "file") if folder else ("file", "folder")
+        what = f"{option} {path}" if given == path else f"{option} {given}: {path}"
+        raise ValueError(f"{what} is a {got}, not a {want}: choose another {option}")
+    where = path if folder else path.parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        raise ValueError(f"{option} {given}: {where} is a file, not a folder: choose another {option}")
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {given}: cannot write in {where} (read-only, or no permission): "
+                         f"choose another {option}")
 
 
 @contextmanager

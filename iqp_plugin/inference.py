@@ -4,11 +4,15 @@ A wrapper comes from either
 
 * ``--config wrapper.yml``: a file with a ``network_g: {type: IQPWrapper, ...}`` block (as the training
   configs) or a bare IQPWrapper option dict; an optional top-level ``plugin_checkpoint: FILE``; or
+* ``--host FILE [--plugin F]``: a host checkpoint alone, its architecture and options detected by spandrel
+  (``host: auto``, see :mod:`iqp_plugin.wrapper`); no YAML needed;
 * ``--host TYPE [--host-opt JSON] --host-checkpoint F [--plugin F]``; with ``--plugin`` alone the host
   is the one recorded in the plug-in checkpoint.
 
 A plug-in file is a training checkpoint (``net_g_*.pth``): ``params_ema`` is loaded when present, else
-``params``; its ``plugin_opt`` builds the plug-in when the config has no ``plugin`` block.
+``params``; its ``plugin_opt`` builds the plug-in when the config has no ``plugin`` block. It records the
+SHA-256 of the host file it was trained with: another host file is an error (a plug-in fits only its host),
+or a warning with ``--allow-host-mismatch`` (``load_wrapper(..., allow_host_mismatch=True)``).
 
 Images are read upright (EXIF orientation applied, see :mod:`iqp_plugin.exif`) and keep what the file had:
 alpha (resized to the output), grayscale and 16-bit depth. Files are written upright, without the tag, and
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -29,11 +34,10 @@ import torch
 
 from iqp_plugin.checkpoint import read_checkpoint
 from iqp_plugin.exif import exif_orientation, upright
-from iqp_plugin.files import write_atomic
+from iqp_plugin.files import IMAGE_SUFFIXES, image_files, write_atomic
 from iqp_plugin.model import file_sha256
 from iqp_plugin.options import read_yaml
 from iqp_plugin.registry import check_options
-from iqp_plugin.scoring import IMAGE_EXTENSIONS
 from iqp_plugin.wrapper import IQPWrapper
 
 # ---------------------------------------------------------------- model loading
@@ -41,10 +45,13 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     """The options that choose the wrapper and the device (shared by restore and compare)."""
     g = parser.add_argument_group("model")
     g.add_argument("--config", help="wrapper YAML (network_g block or bare IQPWrapper options)")
-    g.add_argument("--host", help="host arch type, e.g. SwinIR (instead of --config)")
-    g.add_argument("--host-opt", default="{}", help="host options as JSON, e.g. '{\"upscale\": 4}'")
+    g.add_argument("--host", help="host checkpoint (architecture and options detected by spandrel), or a host "
+                                  "arch type, e.g. SwinIR, with --host-opt and --host-checkpoint (instead of --config)")
+    g.add_argument("--host-opt", help="options of --host TYPE as JSON, e.g. '{\"upscale\": 4}'")
     g.add_argument("--host-checkpoint", help="host weights (params_ema / params / state_dict / safetensors)")
     g.add_argument("--plugin", help="plug-in checkpoint written by training (net_g_*.pth)")
+    g.add_argument("--allow-host-mismatch", action="store_true",
+                   help="run a plug-in on host weights other than those it was trained with (warn, not fail)")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
 
@@ -70,9 +77,16 @@ def wrapper_options(config: str) -> tuple[dict, str | None]:
     return net, plugin_file
 
 
-def load_wrapper(net: dict, plugin_file: str | None = None, device: str | torch.device = "cpu") -> IQPWrapper:
-    """Build an IQPWrapper from its options, load the plug-in file (if any) and put it in eval mode."""
+def load_wrapper(net: dict, plugin_file: str | None = None, device: str | torch.device = "cpu",
+                 allow_host_mismatch: bool = False) -> IQPWrapper:
+    """Build an IQPWrapper from its options, load the plug-in file (if any) and put it in eval mode; a missing
+    host checkpoint file is an error before anything is read, and so is a plug-in trained on other host weights
+    (a warning with ``allow_host_mismatch``)."""
     net = dict(net)
+    host_file = net.get("host_checkpoint")
+    if host_file and not os.path.isfile(host_file):
+        raise FileNotFoundError(f"host checkpoint not found: {host_file}. Point host_checkpoint in the config, or "
+                                "--host / --host-checkpoint, at the host weights")
     if net.get("plugin") is not None and not plugin_file:
         raise ValueError("the config builds a plug-in but names no trained one: an untrained plug-in reproduces "
                          "the host. Add plugin_checkpoint: FILE to the config or pass --plugin FILE "
@@ -86,7 +100,7 @@ def load_wrapper(net: dict, plugin_file: str | None = None, device: str | torch.
                              f"(keys: {sorted(ckpt)[:10]})")
         if net.get("plugin") is None:
             net["plugin"] = ckpt.get("plugin_opt") or {}
-        _check_host_file(ckpt.get("host") or {}, net.get("host_checkpoint"), plugin_file)
+        _check_host_file(ckpt.get("host") or {}, host_file, plugin_file, allow_host_mismatch)
     try:
         wrapper = IQPWrapper(**net)
     except TypeError as err:
@@ -103,25 +117,38 @@ def load_wrapper(net: dict, plugin_file: str | None = None, device: str | torch.
     return wrapper.to(device).eval()
 
 
-def _check_host_file(trained: dict, host_file: str | None, plugin_file: str) -> None:
-    """Warn when the host weights differ from those the plug-in was trained with."""
+def _check_host_file(trained: dict, host_file: str | None, plugin_file: str, allow: bool) -> None:
+    """ValueError (a warning when ``allow``) when the host file is not the one the plug-in was trained with."""
     sha = trained.get("sha256")
-    if sha and (not host_file or not os.path.isfile(host_file) or file_sha256(host_file) != sha):
-        warnings.warn(f"{plugin_file} was trained on host weights {trained.get('checkpoint')} (sha256 {sha[:12]}), "
-                      f"but the host loads {host_file or 'no weights'}: results may be poor")
+    found = file_sha256(host_file) if host_file else None
+    if sha and found != sha:
+        loads = f"{host_file} (sha256 {found[:12]})" if found else "no weights"
+        message = (f"{plugin_file} was trained on host weights {trained.get('checkpoint')} (sha256 {sha[:12]}), but "
+                   f"the host loads {loads}, and a plug-in fits only the host it was trained on")
+        if not allow:
+            raise ValueError(f"{message}: load that host file, or pass --allow-host-mismatch "
+                             "(allow_host_mismatch=True) to run it anyway")
+        warnings.warn(f"{message}: results may be poor (--allow-host-mismatch)")
 
 
 def load_from_args(args: argparse.Namespace) -> IQPWrapper:
     """The wrapper that :func:`add_model_args` options describe, on the chosen device."""
     device = resolve_device(args.device)
+    allow = args.allow_host_mismatch
     if args.config:
         if args.host:
             raise ValueError("give either --config or --host, not both")
         net, plugin_file = wrapper_options(args.config)
-        return load_wrapper(net, args.plugin or plugin_file, device)
-    if args.host:
+        return load_wrapper(net, args.plugin or plugin_file, device, allow)
+    if args.host and (os.path.isfile(args.host) or not args.host.isidentifier()):  # a file, not an arch type
+        if args.host_opt:
+            raise ValueError("--host-opt goes with --host TYPE: the options of a --host checkpoint are detected")
+        if args.host_checkpoint:
+            raise ValueError("give the host checkpoint once: --host FILE, or --host TYPE --host-checkpoint FILE")
+        net = {"host": "auto", "host_checkpoint": args.host}
+    elif args.host:
         try:
-            host_opt = json.loads(args.host_opt)
+            host_opt = json.loads(args.host_opt or "{}")
         except json.JSONDecodeError as err:
             raise ValueError(f"--host-opt is not valid JSON: {err}") from err
         if not isinstance(host_opt, dict):
@@ -130,11 +157,12 @@ def load_from_args(args: argparse.Namespace) -> IQPWrapper:
     elif args.plugin:
         host = read_checkpoint(args.plugin).get("host") or {}
         if not host.get("opt"):
-            raise ValueError(f"{args.plugin} records no host: give --host TYPE --host-checkpoint F")
+            raise ValueError(f"{args.plugin} records no host: give --host FILE, or --host TYPE --host-checkpoint F")
         net = {"host": host["opt"], "host_checkpoint": args.host_checkpoint or host.get("checkpoint")}
     else:
-        raise ValueError("choose the model with --config FILE or --host TYPE --host-checkpoint F [--plugin F]")
-    return load_wrapper(net, args.plugin, device)
+        raise ValueError("choose the model with --config FILE, --host FILE [--plugin F] or "
+                         "--host TYPE --host-checkpoint F [--plugin F]")
+    return load_wrapper(net, args.plugin, device, allow)
 
 
 # ---------------------------------------------------------------- images
@@ -194,27 +222,91 @@ def write_picture(path: str | Path, pic: Picture) -> None:
 
 
 def find_images(path: str | Path) -> list[tuple[str, Path]]:
-    """``(name, file)`` pairs: the file itself, or every image under a folder (recursive, sorted)."""
+    """``(name, file)`` pairs: the file itself, or every image under a folder (recursive, sorted; broken
+    symbolic links are named in a warning)."""
     root = Path(path)
     if root.is_file():
         return [(root.name, root)]
     if not root.is_dir():
         raise FileNotFoundError(f"input not found: {root}")
-    items = [(p.relative_to(root).as_posix(), p) for p in sorted(root.rglob("*"))
-             if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+    items = [(p.relative_to(root).as_posix(), p) for p in image_files(root)]
     if not items:
-        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}")
+        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
     return items
 
 
 # ---------------------------------------------------------------- running the model
+#: Inputs of more pixels (H x W) than this are restored in tiles unless a tile size is given (``--tile-above``).
+#: Untiled, memory grows with the pixel count (SwinIR's window attention and mask) and the plug-in's global
+#: attention (one token per ``patch`` x ``patch`` bottleneck pixels) costs time with its square: a 10000x200
+#: image through the demo's SwinIR x1 + plug-in took 4.9 GB over the loaded model and 590 s (one thread of a
+#: shared 2-core CPU); in tiles of 512x200, 0.39 GB and 106 s. A 512x512 input (the largest in one piece) took 0.69 GB there;
+#: the shipped SwinIR-M x4 + patch-8 plug-in took 0.35 GB at 128x128 and 0.99 GB at 256x256 (about 3.5 GB
+#: at 512x512 by a linear fit). Lower it (``--tile-above``) for large hosts on small machines; it is also the
+#: input size of the face hosts, which are never tiled.
+AUTO_TILE_ABOVE = 512 * 512
+#: Overlap of neighbouring tiles, input pixels (``--tile-overlap``); 32 as SwinIR's own tiled test. Tiled vs
+#: whole, max |diff| on [0, 1]: the tests' tiny SwinIR, 2000x40 in 64-px tiles, 5e-6 (0.001 with overlap 16);
+#: the demo's SwinIR, 10000x200 in 512-px tiles, 1.5e-5. A plug-in's attention spans the whole input, so its
+#: tiles see less context whatever the overlap: 0.0023 and 0.02 (mean 2e-4 and 9e-4) with random plug-ins.
+TILE_OVERLAP = 32
+
+
+def add_tile_args(parser: argparse.ArgumentParser) -> None:
+    """``--tile``, ``--tile-overlap`` and ``--tile-above`` (shared by restore and compare)."""
+    g = parser.add_argument_group("tiling (hosts that take any size; face hosts never tile)")
+    g.add_argument("--tile", type=int, default=None,
+                   help="restore in tiles of this many input pixels a side; 0: whole images "
+                        "(default: tiles for inputs over --tile-above pixels)")
+    g.add_argument("--tile-overlap", type=int, default=TILE_OVERLAP,
+                   help=f"overlap of neighbouring tiles, input pixels (default {TILE_OVERLAP})")
+    g.add_argument("--tile-above", type=int, default=AUTO_TILE_ABOVE, metavar="PIXELS",
+                   help=f"without --tile, inputs of more pixels than this are restored in square tiles of at most "
+                        f"this many pixels (default {AUTO_TILE_ABOVE} = 512x512)")
+
+
+def check_tile_args(args: argparse.Namespace) -> None:
+    """ValueError for tiling options that cannot work (before any model is loaded)."""
+    if args.tile is not None and args.tile < 0:
+        raise ValueError(f"--tile must be >= 0 (0: whole images), got {args.tile}")
+    if args.tile_above < 1:
+        raise ValueError(f"--tile-above must be a positive pixel count, got {args.tile_above}")
+    side = args.tile if args.tile is not None else math.isqrt(args.tile_above)
+    if side and not 0 <= args.tile_overlap < side:
+        what = "--tile" if args.tile is not None else "the side of the tiles --tile-above gives"
+        raise ValueError(f"--tile-overlap must be in [0, {what}) = [0, {side}), got {args.tile_overlap}")
+
+
+def tile_side(wrapper: IQPWrapper, height: int, width: int, tile: int | None = None,
+              above: int = AUTO_TILE_ABOVE) -> int:
+    """The tile side for a ``height`` x ``width`` input, 0 for the whole image.
+
+    ``tile`` given: that (0: whole). Otherwise inputs of at most ``above`` pixels are whole, larger ones get
+    the largest side whose square is at most ``above`` pixels and a multiple of the host's size multiple and
+    the plug-in's patch (so that tiles need no padding inside), at least one multiple. Hosts that take one
+    fixed size (faces) are never tiled.
+    """
+    if wrapper.adapter.input_size:
+        if tile:
+            raise ValueError(f"tiling does not apply to {type(wrapper.host).__name__}, which takes whole aligned faces")
+        return 0
+    if tile is not None:
+        return tile
+    if height * width <= above:
+        return 0
+    patch = wrapper.plugin.cfg["patch"] if wrapper.plugin is not None else None
+    multiple = math.lcm(wrapper.adapter.size_multiple, patch or 1)
+    return max(multiple, math.isqrt(above) // multiple * multiple)
+
+
 def tiled(fn, x: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
     """Run ``fn`` on ``tile`` x ``tile`` crops of ``x`` (B, C, H, W) and blend them in the output.
 
     Crops step by ``tile - overlap`` and the last one is aligned to the border, so every crop is full
-    size. In the overlaps the crops are cross-faded: along a side that borders another crop, the outer
-    ``m = overlap // 4`` pixels (the least context, hence the largest error) get weight 0 and the next
-    ``overlap - m`` a linear ramp up to 1; the blend is normalised by the summed weights.
+    size (a side shorter than ``tile`` is taken whole). In the overlaps the crops are cross-faded: along a
+    side that borders another crop, the outer ``m = overlap // 4`` pixels (the least context, hence the
+    largest error) get weight 0 and the next ``overlap - m`` a linear ramp up to 1; the blend is normalised
+    by the summed weights.
     """
     h, w = x.shape[-2:]
     th, tw = min(tile, h), min(tile, w)
@@ -255,14 +347,18 @@ def _ramp(n: int, overlap: int, before: bool, after: bool, like: torch.Tensor) -
 
 
 @torch.no_grad()
-def run_batch(wrapper: IQPWrapper, rgb: np.ndarray, score=None, tile: int = 0, overlap: int = 0,
-              plugin: bool = True, **host_kwargs) -> np.ndarray:
+def run_batch(wrapper: IQPWrapper, rgb: np.ndarray, score=None, tile: int | None = None,
+              overlap: int = TILE_OVERLAP, plugin: bool = True, tile_above: int = AUTO_TILE_ABOVE,
+              **host_kwargs) -> np.ndarray:
     """Restore a (B, H, W, 3) RGB [0, 1] batch; returns (B, H', W', 3) RGB [0, 1].
 
     ``plugin=False`` runs the host alone. Fixed-size hosts (faces) get their size by resizing in and out,
-    with a warning. ``tile`` > 0 restores in overlapping tiles (see :func:`tiled`).
+    with a warning. Other hosts restore in overlapping tiles (see :func:`tiled`) of side ``tile`` > 0, or,
+    with ``tile`` None, of :func:`tile_side` for inputs over ``tile_above`` pixels; ``tile=0``: whole. Every
+    tile is restored at the same ``score``.
     """
     h, w = rgb.shape[1:3]
+    tile = tile_side(wrapper, h, w, tile, tile_above)
     size = wrapper.adapter.input_size
     if size and (h, w) != (size, size):
         warnings.warn(f"{type(wrapper.host).__name__} takes aligned {size}x{size} faces: {w}x{h} input "

@@ -20,13 +20,15 @@
    k-means. The HQ branch learns the residual ``t - common[nearest(t)]`` so that ``common + hq``
    reconstructs HQ features. No optimiser.
 2. ``predictor``: LQ images, conditioned on their target's score, train the Transformer to predict
-   the GT's code indices in both codebooks (cross-entropy) and their code features (MSE).
+   the GT's code indices in both codebooks (cross-entropy) and their code features (MSE). Without
+   ``datasets:train:score_csv`` every target gets the plug-in's default score, with a warning.
 3. ``quality``: stage 2's losses plus ``QualityLoss`` on the image decoded from the predicted codes
    at the inference target score; straight-through over the code choice ('discrete'), or with the
    plug-in output left unquantised ('continuous').
 
 The host never enters an optimiser and stays in eval mode. Checkpoints (``net_g_<iter>.pth``) hold the
-plug-in only (``params``, ``params_ema``) and name the host checkpoint by path and SHA-256.
+plug-in only (``params``, ``params_ema``) and name the host checkpoint by path and SHA-256; a
+``pretrain_network_g`` file is read by the safe unpickler (:func:`iqp_plugin.checkpoint.read_checkpoint`).
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ from basicsr.utils import get_root_logger, tensor2img
 from basicsr.utils.registry import MODEL_REGISTRY
 from tqdm import tqdm
 
+from iqp_plugin.checkpoint import read_checkpoint
 from iqp_plugin.files import atomic_path
 from iqp_plugin.scoring import load_scores
 
@@ -114,6 +117,12 @@ class IQPModel(BaseModel):
             self.hq_scores_seen: list[float] = []  # scores of every target the HQ codebook learned from
             get_root_logger().info(f"HQ codebook threshold: score >= {self.threshold:.4f}")
             return
+        if not self.opt["datasets"].get("train", {}).get("score_csv"):
+            message = (f"stage {self.stage} without datasets:train:score_csv: every target is conditioned on the "
+                       f"plug-in's default score ({self.plugin.cfg['target_score']}), so the score learns no meaning; "
+                       "set it to the CSV that `iqp score` writes")
+            warnings.warn(message)
+            get_root_logger().warning(message)
         self.pixel_loss = build_loss(train_opt["pixel_opt"]).to(self.device) if train_opt.get("pixel_opt") else None
         self.quality_loss = None
         if self.stage == "quality":
@@ -268,7 +277,7 @@ class IQPModel(BaseModel):
         """Load a plug-in checkpoint written by :meth:`save` (``params`` or ``params_ema``)."""
         if not os.path.isfile(path):
             raise FileNotFoundError(f"Plug-in checkpoint not found: {path} (path:pretrain_network_g).")
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = read_checkpoint(path)
         if param_key not in ckpt or not isinstance(ckpt[param_key], dict):
             raise ValueError(f"{path} is not a plug-in checkpoint with '{param_key}' (keys: {sorted(ckpt)[:10]}).")
         self.plugin.load_state_dict(ckpt[param_key], strict=True)

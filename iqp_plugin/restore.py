@@ -1,14 +1,22 @@
 """``iqp restore``: restore an image or a folder (recursive) with a host + IQP plug-in.
 
-    iqp restore -i IN -o OUT (--config wrapper.yml | --host TYPE [--host-opt JSON] --host-checkpoint F)
-                [--plugin F] [--score S] [--w W] [--tile T --tile-overlap O] [--device auto|cpu|cuda]
-                [--batch N] [--overwrite]
+    iqp restore -i IN -o OUT (--config wrapper.yml | --host FILE | --host TYPE [--host-opt JSON] --host-checkpoint F)
+                [--plugin F] [--allow-host-mismatch] [--score S] [--w W] [--tile T] [--tile-overlap O]
+                [--tile-above PIXELS] [--device auto|cpu|cuda] [--batch N] [--overwrite]
+
+``--host FILE`` takes a host checkpoint alone: spandrel detects its architecture and options (``host: auto``),
+and ``--plugin`` adds a plug-in trained on exactly that file (another one is an error unless
+``--allow-host-mismatch``).
 
 Names and formats are kept (``OUT/<relative path>``; a single input file may also go to an image path);
 OUT may lie inside a folder IN (it is not searched for inputs), but may not be IN or a folder above it.
-Images are read upright (EXIF orientation) and written without the tag;
+Inputs of more than ``--tile-above`` pixels (default 512 x 512) are restored in overlapping, blended tiles of
+at most that many pixels, so that memory stays bounded; ``--tile T`` sets the tile side, ``--tile 0`` turns
+tiling off. Images are read upright (EXIF orientation) and written without the tag;
 RGBA keeps its alpha, grayscale stays grayscale, 16-bit PNG stays 16-bit. Existing outputs are skipped
 unless ``--overwrite``; unreadable inputs are reported and skipped. Exit code 1 when some input failed.
+Every output is checked (not a folder, in a writable place) before the model loads; Ctrl-C keeps the images
+written so far (the next run skips them).
 """
 from __future__ import annotations
 
@@ -23,13 +31,16 @@ from tqdm import tqdm
 from iqp_plugin.inference import (
     Picture,
     add_model_args,
+    add_tile_args,
+    check_tile_args,
     find_images,
     load_from_args,
     read_picture,
     run_batch,
     write_picture,
 )
-from iqp_plugin.scoring import IMAGE_EXTENSIONS
+from iqp_plugin.cli import writing
+from iqp_plugin.files import IMAGE_SUFFIXES, check_writable
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,8 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_model_args(p)
     p.add_argument("--score", type=float, help="quality asked of the plug-in, in [0, 1] (default: its target)")
     p.add_argument("--w", type=float, help="CodeFormer's fidelity weight (0: quality .. 1: fidelity)")
-    p.add_argument("--tile", type=int, default=0, help="restore in tiles of this many input pixels (0: whole)")
-    p.add_argument("--tile-overlap", type=int, default=16, help="overlap of neighbouring tiles, input pixels")
+    add_tile_args(p)
     p.add_argument("--batch", type=int, default=1, help="images of the same size restored together")
     p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
     return p.parse_args(argv)
@@ -49,9 +59,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def output_paths(src: str, dst: str) -> list[tuple[Path, Path]]:
     """(input, output) file pairs; a single input file with ``dst`` ending in an image suffix maps to it.
     An output folder inside the input folder is not searched for inputs (earlier outputs are not inputs);
-    an output folder that is the input folder or holds it is a ValueError (its outputs would be inputs)."""
+    an output folder that is the input folder or holds it is a ValueError (its outputs would be inputs), and
+    so is an output that cannot be written (:func:`~iqp_plugin.files.check_writable`)."""
     items = find_images(src)
-    if Path(src).is_file() and Path(dst).suffix.lower() in IMAGE_EXTENSIONS:
+    if Path(src).is_file() and Path(dst).suffix.lower() in IMAGE_SUFFIXES:
+        check_writable(dst)
         return [(items[0][1], Path(dst))]
     out = Path(dst).resolve()
     root = Path(src).resolve()
@@ -59,17 +71,20 @@ def output_paths(src: str, dst: str) -> list[tuple[Path, Path]]:
         where = "is the input folder" if root == out else f"holds the input folder {src}"
         raise ValueError(f"-o {dst} {where}, so the restored files would land among the inputs: "
                          f"choose an -o outside it, e.g. {root}_restored")
-    return [(path, Path(dst) / name) for name, path in items if not path.resolve().is_relative_to(out)]
+    check_writable(dst, folder=True)
+    pairs = [(path, Path(dst) / name) for name, path in items if not path.resolve().is_relative_to(out)]
+    for _, path in pairs:
+        check_writable(path, given=dst)
+    return pairs
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.score is not None and not 0.0 <= args.score <= 1.0:
         raise ValueError(f"--score must lie in [0, 1] (a normalised quality score), got {args.score}")
-    if args.batch < 1 or args.tile < 0:
-        raise ValueError("--batch must be >= 1 and --tile >= 0")
-    if args.tile and not 0 <= args.tile_overlap < args.tile:
-        raise ValueError(f"--tile-overlap must be in [0, --tile) = [0, {args.tile}), got {args.tile_overlap}")
+    if args.batch < 1:
+        raise ValueError("--batch must be >= 1")
+    check_tile_args(args)
     pairs = output_paths(args.input, args.output)
     if any(src.resolve() == dst.resolve() for src, dst in pairs):
         raise ValueError("the output would replace an input: choose another -o")
@@ -92,12 +107,13 @@ def main(argv: list[str] | None = None) -> None:
         if not pending:
             return
         out = run_batch(wrapper, np.stack([pic.rgb for _, pic in pending]), args.score, args.tile,
-                        args.tile_overlap, **host_kwargs)
+                        args.tile_overlap, tile_above=args.tile_above, **host_kwargs)
         for (dst, pic), rgb in zip(pending, out):
             write_picture(dst, Picture(rgb, pic.alpha, pic.gray, pic.bits))
             counts["done"] += 1
         pending.clear()
 
+    writing(args.output)
     bar = tqdm(pairs, desc="restore", unit="img")
     for src, dst in bar:
         if dst.exists() and not args.overwrite:

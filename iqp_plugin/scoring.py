@@ -19,6 +19,13 @@ modification time) is not computed again, a new or changed one is, and its row g
 The ``score`` column is normalised over all rows. ``--replace`` ignores the CSV's earlier rows: the
 CSV written at the end holds the images of this run (and of the interrupted run it resumes) only.
 A ``.json`` at the sidecar's path that is not a sidecar is never overwritten.
+
+An image that a metric cannot score (NIQE fails on flat or tiny images) or that cannot be read gets no
+row: it is named in a warning and, with the reason, in the sidecar's ``failed`` list; the datasets leave
+it out with a warning (:func:`iqp_plugin.datasets.scores_for`), so it never stops training. An input
+folder without images, or where no image can be scored, is an error. Outputs are checked (not a folder,
+a writable place) before any metric loads; a value in a CSV that is not a number is an error naming the
+file and line.
 """
 from __future__ import annotations
 
@@ -37,11 +44,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from iqp_plugin.cli import writing
 from iqp_plugin.exif import exif_orientation, upright
-from iqp_plugin.files import write_atomic
+from iqp_plugin.files import IMAGE_SUFFIXES, check_writable, image_files, write_atomic
 from iqp_plugin.quality import DEFAULT_PRIOR, Normalizer, Prior, create_prior
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 _NOTES = {
     "alpha": "images with an alpha channel: alpha ignored, RGB scored",
     "grayscale": "grayscale images: scored as RGB with three equal channels",
@@ -105,17 +112,20 @@ def read_sidecar(path: str | Path) -> dict:
 
 
 def list_images(roots: list[str | Path]) -> list[Item]:
-    """Image files under the roots, recursively, sorted by name; a name given by two roots is an error."""
+    """Image files under the roots, recursively, sorted by name; a root without images, or a name given by
+    two roots, is an error."""
     items: dict[str, Item] = {}
     for root in map(Path, roots):
         if not root.is_dir():
             raise FileNotFoundError(f"input folder not found: {root}")
-        for path in sorted(root.rglob("*")):
-            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
-                name = path.relative_to(root).as_posix()
-                if name in items:
-                    raise ValueError(f"two inputs give the image name '{name}': {items[name].path} and {path}")
-                items[name] = Item(name, path)
+        paths = image_files(root)
+        if not paths:
+            raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
+        for path in paths:
+            name = path.relative_to(root).as_posix()
+            if name in items:
+                raise ValueError(f"two inputs give the image name '{name}': {items[name].path} and {path}")
+            items[name] = Item(name, path)
     return [items[k] for k in sorted(items)]
 
 
@@ -142,31 +152,38 @@ def score_batch(modules: dict[str, torch.nn.Module], x: torch.Tensor) -> list[di
     return [{name: columns[name][i] for name in modules} for i in range(x.shape[0])]
 
 
+def _number(text: str, path: str | Path, line: int, name: str, column: str) -> float:
+    """``text`` as a float; ValueError naming the file, line, image and column when it is not a number."""
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{path} line {line} ({name}): {column} {text!r} is not a number; correct or delete "
+                         "that row, or score the folder again (--replace)") from None
+
+
 def _read_records(path: Path, metrics: tuple[str, ...], files: dict[str, str] | None = None) -> dict[str, Record]:
     """{name: Record} of a final CSV (file signatures from the sidecar's ``files``) or of a partial CSV, a
     later row of a name winning; rows cut short by an interruption are skipped."""
     with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        return {}
-    header, n = rows[0], len(metrics)
-    if header not in (["imagename", *metrics, "score"], ["imagename", *metrics, "error", "file"]):
-        raise ValueError(f"{path} holds scores for other metrics or columns ({', '.join(header)}), not "
-                         f"{', '.join(metrics)}: delete it, write to another output, or pass --replace")
-    partial = header[-1] == "file"
-    records = {}
-    for row in rows[1:]:
-        if len(row) != len(header):
-            continue  # a row cut short by an interruption
-        name = row[0]
-        file = row[-1] if partial else (files or {}).get(name)
-        if partial and row[n + 1]:
-            records[name] = Record(None, row[n + 1], file)
-            continue
-        try:
-            records[name] = Record({m: float(v) for m, v in zip(metrics, row[1:n + 1])}, "", file)
-        except ValueError:
-            continue
+        reader = csv.reader(f)
+        header, n = next(reader, None), len(metrics)
+        if header is None:
+            return {}
+        if header not in (["imagename", *metrics, "score"], ["imagename", *metrics, "error", "file"]):
+            raise ValueError(f"{path} holds scores for other metrics or columns ({', '.join(header)}), not "
+                             f"{', '.join(metrics)}: delete it, write to another output, or pass --replace")
+        partial = header[-1] == "file"
+        records = {}
+        for row in reader:
+            if len(row) != len(header):
+                continue  # a row cut short by an interruption
+            name = row[0]
+            file = row[-1] if partial else (files or {}).get(name)
+            if partial and row[n + 1]:
+                records[name] = Record(None, row[n + 1], file)
+            else:
+                raw = {m: _number(v, path, reader.line_num, name, m) for m, v in zip(metrics, row[1:n + 1])}
+                records[name] = Record(raw, "", file)
     return records
 
 
@@ -251,7 +268,7 @@ def _score_items(items: list[Item], prior: Prior, partial: Path, batch: int, dev
                 bad = raw if isinstance(raw, str) else ", ".join(
                     f"{m} = {v}" for m, v in raw.items() if not math.isfinite(v))
                 if bad:
-                    warnings.warn(f"{item.path}: {bad}; skipped")
+                    warnings.warn(f"{item.path}: {bad}; left out (no row)")
                     rows.append([item.name, *[""] * len(prior.metrics), bad, file_signature(item.path)])
                 else:
                     rows.append([item.name, *[raw[m] for m in prior.metrics], "", file_signature(item.path)])
@@ -262,7 +279,7 @@ def _score_items(items: list[Item], prior: Prior, partial: Path, batch: int, dev
             try:
                 x, note = load_image(item.path)
             except Exception as err:  # noqa: BLE001  (any unreadable file is reported and skipped)
-                warnings.warn(f"{item.path}: cannot read ({err}); skipped")
+                warnings.warn(f"{item.path}: cannot read ({err}); left out (no row)")
                 write([[item.name, *[""] * len(prior.metrics), f"unreadable: {err}", file_signature(item.path)]])
                 continue
             if note and note not in noted:
@@ -283,6 +300,10 @@ def _merge(items: list[Item], prior: Prior, out: Path, norm: str, replace: bool)
     for it in items:
         records.setdefault(it.name, Record(None, "not scored"))
     scored = {n: r for n, r in sorted(records.items()) if r.raw is not None}
+    if not scored:
+        name, record = min(records.items())
+        raise ValueError(f"none of the {len(records)} images could be scored with {', '.join(prior.metrics)}, "
+                         f"e.g. {name} ({record.error})")
     normalizer = Normalizer.fit(prior, {m: [r.raw[m] for r in scored.values()] for m in prior.metrics}, norm)
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -312,9 +333,11 @@ def score_folders(roots: list[str | Path], out: str | Path, prior: Prior | None 
 
     prior = prior or create_prior(DEFAULT_PRIOR)
     out = output_csv(out)
+    check_writable(out)
+    check_writable(sidecar_path(out), given=out)
     read_sidecar(sidecar_path(out))  # a foreign .json there is refused before any work
-    out.parent.mkdir(parents=True, exist_ok=True)
     items = list_images(roots)
+    out.parent.mkdir(parents=True, exist_ok=True)
     rank, world, owned = _dist_init()
     try:
         records = _records(out, prior.metrics, replace)
@@ -326,6 +349,7 @@ def score_folders(roots: list[str | Path], out: str | Path, prior: Prior | None 
         todo = [it for it in items[rank::world] if not current(it)]
         partial = out.parent / f"{out.name}.rank{rank}.partial.csv"
         if todo:
+            writing(partial)
             _score_items(todo, prior, partial, batch, _device(device), progress and rank == 0)
         if world > 1:
             dist.barrier()
@@ -339,9 +363,25 @@ def score_folders(roots: list[str | Path], out: str | Path, prior: Prior | None 
 
 
 def load_scores(csv_path: str | Path) -> dict[str, float]:
-    """{imagename: score} from a scores CSV, for datasets that condition on the prior."""
+    """{imagename: score} from a scores CSV, for datasets that condition on the prior; ValueError naming the
+    file when a column is missing, and the line when a score is not a number."""
     with open(csv_path, newline="") as f:
-        return {row["imagename"]: float(row["score"]) for row in csv.DictReader(f)}
+        reader = csv.DictReader(f)
+        missing = sorted({"imagename", "score"} - set(reader.fieldnames or ()))
+        if missing:
+            raise ValueError(f"{csv_path} needs the columns 'imagename' and 'score' (no {', '.join(missing)})")
+        return {row["imagename"]: _number(row["score"], csv_path, reader.line_num, row["imagename"], "score")
+                for row in reader}
+
+
+def failed_images(csv_path: str | Path) -> dict[str, str]:
+    """{imagename: reason} of the images that could not be scored, from the sidecar of a scores CSV; {} when
+    there is no sidecar of ours."""
+    try:
+        side = read_sidecar(sidecar_path(csv_path))
+    except ValueError:
+        return {}
+    return {f["imagename"]: f["error"] for f in side.get("failed", [])}
 
 
 def summarize(csv_path: str | Path, top: float = 20.0) -> dict:
@@ -357,7 +397,8 @@ def summarize(csv_path: str | Path, top: float = 20.0) -> dict:
     if not rows:
         raise ValueError(f"{csv_path} has no scored images")
     columns = [c for c in rows[0] if c != "imagename"]
-    values = {c: np.array([float(r[c]) for r in rows]) for c in columns}
+    values = {c: np.array([_number(r[c], csv_path, i + 2, r["imagename"], c) for i, r in enumerate(rows)])
+              for c in columns}
     score = values["score"]
     threshold = float(np.quantile(score, 1 - top / 100))
     order = np.argsort(score, kind="stable")
@@ -430,13 +471,14 @@ def main(argv: list[str] | None = None) -> None:
     if not args.input or not args.output:
         p.error("scoring needs -i DIR and -o CSV (or --summary CSV)")
     weights = [float(w) for w in args.weights.split(",")] if args.weights else None
-    out = output_csv(args.output)
-    result = score_folders(args.input, out, create_prior(args.metrics, weights), max(1, args.batch),
+    result = score_folders(args.input, args.output, create_prior(args.metrics, weights), max(1, args.batch),
                            args.device, args.norm, replace=args.replace)
     if result is not None:
+        out = output_csv(args.output)
         print(f"{result['scored']} images scored in {out} (constants in {sidecar_path(out)})")
         if result["failed"]:
-            print(f"{len(result['failed'])} skipped: " + ", ".join(result["failed"]))
+            print(f"{len(result['failed'])} could not be scored, left out of the CSV and of training (reasons in "
+                  f"{sidecar_path(out)}): " + ", ".join(result["failed"]))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@
 
 Experiments are written under ``./experiments/<name>`` of the current directory; training states are
 written atomically, and ``--auto_resume`` continues from the newest readable one (:mod:`iqp_plugin.basicsr_cpu`).
+Run as a module or as ``iqp train``, errors end in one line (exit code 2) and Ctrl-C in
+"iqp: interrupted, partial work kept in experiments/<name>" (exit code 130).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import sys
 
 import iqp_plugin  # noqa: F401  (registers the project's archs, models and datasets)
 from iqp_plugin import basicsr_cpu
+from iqp_plugin.cli import writing
 from iqp_plugin.options import read_yaml
 from iqp_plugin.registry import check_option_types
 
@@ -34,7 +37,9 @@ def main(argv: list[str] | None = None) -> None:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("-opt", required=True)
     known, _ = pre.parse_known_args(argv)
-    check_option_types(read_options(known.opt))
+    opt = read_options(known.opt)
+    check_option_types(opt)
+    writing(os.path.join(os.getcwd(), "experiments", opt["name"]))
 
     basicsr_cpu.patch()
     from basicsr.train import train_pipeline

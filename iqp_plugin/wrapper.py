@@ -2,12 +2,17 @@
 
     network_g:
       type: IQPWrapper
-      host: {type: SwinIR, upscale: 4, img_size: 64, ...}   # any registered BasicSR arch
+      host: {type: SwinIR, upscale: 4, img_size: 64, ...}   # any registered BasicSR arch, or 'auto'
       host_checkpoint: weights/host.pth                      # params_ema / params / state_dict / safetensors
       adapter: null                                          # chosen from the host type, or 'hook'
       adapter_opt: {}                                        # e.g. {at: conv_after_body} for 'hook'
       plugin: {}                                             # null: bare host; {}: defaults (DEFAULT_PLUGIN)
       recompute_decoder: true                                # training: recompute host decoder activations
+
+``host: auto`` reads the host from ``host_checkpoint`` alone: spandrel detects the architecture and its
+hyper-parameters (:func:`iqp_plugin.checkpoint.describe_host`), the adapter is picked from the detected
+architecture and rebuilds the host class it expects, so the result is the host a hand-written ``host: {...}``
+with the same options gives (see ``adapters.base``). Architectures no adapter covers take ``adapter: hook``.
 
 Data path: ``host encoder -> plug-in(feat, z, score) -> host decoder``. The host is frozen (no
 gradients, always in eval mode) and never modified; only ``plugin`` is trainable.
@@ -30,25 +35,38 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from adapters import Bottleneck, adapter_for
-from iqp_plugin.checkpoint import load_weights
+from iqp_plugin.checkpoint import describe_host, load_weights
 from iqp_plugin.plugin import IQPPlugin, PluginOutput
 from iqp_plugin.registry import build_arch
 
 
 @ARCH_REGISTRY.register()
 class IQPWrapper(nn.Module):
-    """Host restorer + IQP plug-in. ``plugin=None`` gives the bare host through its adapter."""
+    """Host restorer + IQP plug-in. ``plugin=None`` gives the bare host through its adapter; ``host="auto"``
+    builds the host that ``host_checkpoint`` holds, as spandrel detects it."""
 
-    def __init__(self, host: dict, plugin: dict | None = None, host_checkpoint: str | None = None,
+    def __init__(self, host: dict | str, plugin: dict | None = None, host_checkpoint: str | None = None,
                  adapter: str | None = None, adapter_opt: dict | None = None, recompute_decoder: bool = True):
         super().__init__()
         self.recompute_decoder = recompute_decoder
-        self.host = build_arch(host, where="host")
-        if host_checkpoint:
-            load_weights(self.host, host_checkpoint)
+        if host == "auto":
+            if not host_checkpoint:
+                raise ValueError("host: auto reads the host from its checkpoint: give host_checkpoint: FILE")
+            descriptor = describe_host(host_checkpoint)
+            try:
+                self.adapter = adapter_for(descriptor, adapter, adapter_opt)
+            except ValueError as err:
+                raise ValueError(f"{host_checkpoint}: {err}") from err
+            self.host = self.adapter.host
+        elif isinstance(host, str):
+            raise ValueError(f"host must be 'auto' or an option dict {{type: <arch>, ...}}, got {host!r}")
+        else:
+            self.host = build_arch(host, where="host")
+            if host_checkpoint:
+                load_weights(self.host, host_checkpoint)
+            self.adapter = adapter_for(self.host, adapter, adapter_opt)
         self.host.requires_grad_(False).eval()
         self.host_checkpoint = host_checkpoint
-        self.adapter = adapter_for(self.host, adapter, adapter_opt)
         self.plugin = None
         if plugin is not None:
             has_codebook = self.adapter.codebook() is not None

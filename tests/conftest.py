@@ -25,3 +25,23 @@ def shared_data() -> Path:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """An existing folder this process cannot write to: mode 555 for a user; for root, whom modes do not stop,
+    the immutable flag (skips where the file system has none)."""
+    import os
+    import subprocess
+
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    if os.geteuid():
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
+        pytest.skip("cannot make a folder read-only for root here (no chattr +i)")
+    yield folder
+    subprocess.run(["chattr", "-i", str(folder)], check=True)

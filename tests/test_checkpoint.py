@@ -73,8 +73,11 @@ def test_wrong_shape_names_the_tensor(tmp_path):
 
 def test_unsafe_pickle_is_refused(tmp_path, host_state):
     path = write(tmp_path / "evil.pth", {"params": host_state, "extra": NotAWeight()})
-    with pytest.raises(CheckpointError, match="not safe to unpickle"):
+    with pytest.raises(CheckpointError) as err:
         IQPWrapper(host=TINY_SWINIR, host_checkpoint=path)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{path} is not a safe checkpoint: it holds ")
+    assert "NotAWeight" in message and "re-save only its weights" in message
 
 
 def test_missing_and_truncated_files(tmp_path, host_state):

@@ -95,3 +95,35 @@ def test_compare_user_errors_exit_2(tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit) as exc:
         run(compare_main, ["-i", str(tmp_path / "a.png"), "-o", str(tmp_path / "r"), "--config", str(config), *extra])
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_gt_sizes_are_all_checked_before_anything_is_written(tmp_path, capsys):
+    config, *_ = make_model(tmp_path)
+    src, gt_dir, out = tmp_path / "lr", tmp_path / "hr", tmp_path / "report"
+    src.mkdir()
+    gt_dir.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(src / f"img{i}.png"), rand_img(16, 16, seed=i))
+        cv2.imwrite(str(gt_dir / f"img{i}.png"), rand_img(32, 32 if i != 2 else 30, seed=i))
+    with pytest.raises(SystemExit) as exc:
+        run(compare_main, ["-i", str(src), "-o", str(out), "--config", str(config), "--gt", str(gt_dir),
+                           "--metrics", "niqe", "--heldout", "", "--scores", "0.5", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.splitlines()[-1] == (
+        f"iqp: error: GT {gt_dir / 'img2.png'} is 30x32, but the output of img2.png will be 32x32 "
+        "(2x its 16x16 input): give GT images of the output's size")
+    assert not out.exists()
+
+
+def test_report_folder_that_is_a_file_fails_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    from iqp_plugin import compare
+
+    config, *_ = make_model(tmp_path)
+    cv2.imwrite(str(tmp_path / "a.png"), rand_img(16, 16))
+    (tmp_path / "report").write_text("notes")
+    monkeypatch.setattr(compare, "load_from_args", lambda args: pytest.fail("the model was loaded"))
+    with pytest.raises(SystemExit) as exc:
+        run(compare_main, ["-i", str(tmp_path / "a.png"), "-o", str(tmp_path / "report"), "--config", str(config)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err == f"iqp: error: -o {tmp_path / 'report'} is a file, not a folder: choose another -o\n"
+    assert (tmp_path / "report").read_text() == "notes"

@@ -1,5 +1,6 @@
 """Tests of iqp_plugin.datasets: online degradations, paired folders, scores, odd image formats."""
 import csv
+import json
 import random
 from pathlib import Path
 
@@ -199,3 +200,53 @@ def test_real_set5_pairs_by_name():
         sample = ds[i]
         assert Path(sample["lq_path"]).name == Path(sample["gt_path"]).name.replace("_HR", "_LR")
         assert sample["gt"].shape[1:] == tuple(4 * n for n in sample["lq"].shape[1:])
+
+
+# ---------------------------------------------------------------- images a metric cannot score, bad CSVs
+def test_image_a_metric_cannot_score_is_left_out_with_a_warning(tmp_path):
+    """The policy, as ``iqp score`` and the datasets apply it: a flat image NIQE cannot score gets no row, is
+    listed in the sidecar's failures, and the dataset leaves it out, naming it, instead of stopping."""
+    from iqp_plugin.scoring import score_folders
+
+    root = tmp_path / "hq"
+    root.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(root / f"img{i}.png"), _image((96, 96), i))
+    cv2.imwrite(str(root / "flat.png"), np.full((96, 96, 3), 3, np.uint8))
+    csv_path = tmp_path / "scores.csv"
+    with pytest.warns(UserWarning, match=r"flat\.png"):
+        result = score_folders([root], csv_path, progress=False)
+    assert result["scored"] == 2 and list(result["failed"]) == ["flat.png"]
+    with pytest.warns(UserWarning, match=r"1 of 3 images .* left out: flat\.png \(metric failed"):
+        ds = _degraded(root, score_csv=str(csv_path))
+    assert len(ds) == 2 and [Path(ds[i]["gt_path"]).name for i in range(2)] == ["img0.png", "img1.png"]
+    assert ds[1]["score"].item() in (0.0, 1.0)
+
+
+def _write_sidecar(csv_path, failed):
+    sidecar = Path(csv_path).with_suffix(".json")
+    sidecar.write_text(json.dumps({"metrics": ["niqe"], "weights": [1.0], "lower_better": [True], "norm": "minmax",
+                                   "ranges": {"niqe": [1.0, 9.0]}, "failed": failed}))
+
+
+def test_paired_dataset_leaves_out_the_pair_of_an_unscored_target(paired_folders, tmp_path):
+    gt, lq = paired_folders
+    scores = _write_scores(tmp_path / "s.csv", {"img_000_HR.png": 0.2, "img_002_HR.png": 0.6})
+    _write_sidecar(scores, [{"imagename": "img_001_HR.png", "error": "metric failed: flat"}])
+    with pytest.warns(UserWarning, match=r"img_001_HR\.png \(metric failed: flat\)"):
+        ds = IQPPairedDataset({"dataroot_gt": str(gt), "dataroot_lq": str(lq), "scale": 4, "score_csv": scores,
+                               "phase": "val"})
+    assert len(ds) == 2 and ds[1]["lq_path"].endswith("img_002_LR.png") and ds[1]["score"].item() == pytest.approx(0.6)
+    _write_sidecar(scores, [])  # not a failure of the scorer: still an error
+    with pytest.raises(ValueError, match=r"1 of 3 images have no score in .*s\.csv, e\.g\. img_001_HR\.png"):
+        IQPPairedDataset({"dataroot_gt": str(gt), "dataroot_lq": str(lq), "scale": 4, "score_csv": scores})
+
+
+def test_non_numeric_score_names_the_file_and_row(hq_folder, tmp_path):
+    names = ["img0.png", "img1.png", "img2.png", "sub/small.jpg"]
+    csv_path = _write_scores(tmp_path / "scores.csv", dict.fromkeys(names, 0.5))
+    text = Path(csv_path).read_text().replace("img1.png,5.0,0.5", "img1.png,5.0,abc")
+    Path(csv_path).write_text(text)
+    with pytest.raises(ValueError) as err:
+        _degraded(hq_folder, score_csv=csv_path)
+    assert str(err.value).startswith(f"{csv_path} line 3 (img1.png): score 'abc' is not a number")

@@ -186,3 +186,29 @@ def test_stage_and_threshold_options_are_checked(workdir):
         type(model)({**model.opt, "stage": "nope"})
     with pytest.raises(ValueError, match="hq_threshold"):
         make_model(workdir, "codebook", hq_top_percent=None)
+
+
+def bare_model(workdir, stage, pretrain=None, score_csv="datasets/sample_hq_scores.csv"):
+    """IQPModel of a tiny config, built without its datasets."""
+    opt = yaml.safe_load((CONFIGS / f"swinir_{stage}.yml").read_text())
+    opt.update(is_train=True, dist=False, rank=0, world_size=1, root_path=str(workdir))
+    opt["network_g"]["host_checkpoint"] = str(workdir / "host.pth")
+    opt["path"].update(pretrain_network_g=pretrain, models=str(workdir / "models"), training_states=str(workdir / "states"))
+    opt["datasets"]["train"]["score_csv"] = score_csv and str(workdir / score_csv)
+    return build_model(opt)
+
+
+def test_unsafe_pretrained_plugin_is_refused_in_one_line(workdir):
+    from iqp_plugin.checkpoint import CheckpointError
+
+    evil = workdir / "evil_plugin.pth"
+    torch.save({"params": {}, "hook": os.system}, evil)
+    with pytest.raises(CheckpointError) as err:
+        bare_model(workdir, "predictor", pretrain=str(evil))
+    assert "\n" not in str(err.value) and str(err.value).startswith(f"{evil} is not a safe checkpoint")
+
+
+@pytest.mark.parametrize("stage", ["predictor", "quality"])
+def test_training_without_scores_warns(workdir, stage):
+    with pytest.warns(UserWarning, match=rf"stage {stage} without datasets:train:score_csv"):
+        bare_model(workdir, stage, score_csv=None)

@@ -2,6 +2,7 @@
 reader upright under an EXIF orientation."""
 import json
 import os
+import warnings
 
 import cv2
 import numpy as np
@@ -119,9 +120,13 @@ def test_plugin_file_alone_and_host_flags(model, tmp_path):
     other = tmp_path / "other_host.pth"
     torch.save({"params": {k: v + 0.01 if v.is_floating_point() else v
                              for k, v in wrapper.host.state_dict().items()}}, other)
+    mismatched = ["-i", str(src), "-o", str(tmp_path / "o"), "--plugin", str(plugin_file),
+                  "--host-checkpoint", str(other), "--device", "cpu"]
+    with pytest.raises(SystemExit) as exc:
+        run(restore_main, mismatched)
+    assert exc.value.code == 2 and not (tmp_path / "o").exists()
     with pytest.warns(UserWarning, match="trained on host weights"):
-        run(restore_main, ["-i", str(src), "-o", str(tmp_path / "o"), "--plugin", str(plugin_file),
-                           "--host-checkpoint", str(other), "--device", "cpu"])
+        run(restore_main, [*mismatched, "--allow-host-mismatch"])
 
 
 def test_tiling_matches_whole_image(model):
@@ -271,3 +276,86 @@ def test_phone_photo_with_orientation_6_is_restored_and_scored_upright(model, tm
     assert compare.load_u8(src).tolist() == view.tolist()
     assert scoring.load_image(src)[0].shape == (3, 24, 16)
     assert datasets.read_image(src).shape == (24, 16, 3)
+
+
+# ---------------------------------------------------------------- outputs checked before the model loads; Ctrl-C
+def run_cli(entry, argv, capsys):
+    """``entry`` through the top-level handler: (exit code, stderr)."""
+    with pytest.raises(SystemExit) as exc:
+        try:
+            run(entry, argv)
+        except KeyboardInterrupt:
+            pytest.fail("Ctrl-C escaped the top-level handler (a traceback)")
+    return exc.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["read_only", "file_output_is_a_folder", "output_in_folder_is_a_folder",
+                                  "output_folder_is_a_file"])
+def test_unwritable_outputs_fail_before_the_model_loads(model, tmp_path, request, capsys, monkeypatch, case):
+    config, *_ = model
+    src = tmp_path / "in"
+    src.mkdir()
+    cv2.imwrite(str(src / "a.png"), rand_img(16, 16))
+    if case == "read_only":
+        folder = request.getfixturevalue("read_only_folder")
+        args, message = ["-i", str(src), "-o", str(folder / "out")], f"-o {folder / 'out'}: cannot write in {folder}"
+    elif case == "file_output_is_a_folder":
+        (tmp_path / "b.png").mkdir()
+        args, message = ["-i", str(src / "a.png"), "-o", str(tmp_path / "b.png")], f"-o {tmp_path / 'b.png'} is a folder, not a file"
+    elif case == "output_in_folder_is_a_folder":
+        (tmp_path / "out" / "a.png").mkdir(parents=True)
+        args, message = (["-i", str(src), "-o", str(tmp_path / "out"), "--overwrite"],
+                         f"-o {tmp_path / 'out'}: {tmp_path / 'out' / 'a.png'} is a folder, not a file")
+    else:
+        (tmp_path / "out").write_text("notes")
+        args, message = ["-i", str(src), "-o", str(tmp_path / "out")], f"-o {tmp_path / 'out'} is a file, not a folder"
+    monkeypatch.setattr(restore, "load_from_args", lambda args: pytest.fail("the model was loaded"))
+    code, err = run_cli(restore_main, [*args, "--config", str(config), "--device", "cpu"], capsys)
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"iqp: error: {message}")
+
+
+def test_ctrl_c_says_where_the_partial_work_is(model, tmp_path, capsys, monkeypatch):
+    config, *_ = model
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(src / name), rand_img(16, 16))
+    real, calls = restore.run_batch, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(restore, "run_batch", interrupted)
+    code, err = run_cli(restore_main, ["-i", str(src), "-o", str(out), "--config", str(config), "--device", "cpu"], capsys)
+    assert code == 130 and err.splitlines()[-1] == f"iqp: interrupted, partial work kept in {out}"
+    assert sorted(p.name for p in out.iterdir()) == ["a.png"]  # the finished image, no temporary file
+    code, err = run_cli(lambda argv: (_ for _ in ()).throw(KeyboardInterrupt), [], capsys)
+    assert code == 130 and err == "iqp: interrupted, partial work kept in the outputs written so far\n"
+
+
+@pytest.mark.parametrize("source", ["config", "plugin_record"])
+def test_missing_host_checkpoint_is_an_error_before_anything_else(model, tmp_path, capsys, source):
+    config, host_file, plugin_file, _ = model
+    cv2.imwrite(str(tmp_path / "a.png"), rand_img(16, 16))
+    missing = tmp_path / "moved" / "host.pth"
+    if source == "config":
+        opt = yaml.safe_load(config.read_text())
+        opt["network_g"]["host_checkpoint"] = str(missing)
+        (tmp_path / "w.yml").write_text(yaml.safe_dump(opt))
+        choice = ["--config", str(tmp_path / "w.yml")]
+    else:  # --plugin alone: the host is the one the plug-in file records, moved away since
+        ckpt = torch.load(plugin_file, weights_only=True)
+        ckpt["host"]["checkpoint"] = str(missing)
+        torch.save(ckpt, tmp_path / "plugin.pth")
+        choice = ["--plugin", str(tmp_path / "plugin.pth")]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, err = run_cli(restore_main, ["-i", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), *choice,
+                                           "--device", "cpu"], capsys)
+    assert not [w for w in caught if "results may be poor" in str(w.message)]
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"iqp: error: host checkpoint not found: {missing}")
+    assert "--host-checkpoint" in err and not (tmp_path / "out").exists()

@@ -293,3 +293,92 @@ def test_merge_and_resume_property(fast_metric, runs):
             assert all(float(r["niqe"]) == VALUE[r["imagename"]] for r in rows)
             if not replace:
                 assert {r["imagename"] for r in before} <= {r["imagename"] for r in rows}  # no row lost
+
+
+# ---------------------------------------------------------------- bad inputs and outputs, Ctrl-C
+def run_cli(argv, capsys):
+    """``iqp score ARGV`` through the top-level handler: (exit code, stderr)."""
+    from iqp_plugin.cli import run
+
+    with pytest.raises(SystemExit) as exit_:
+        try:
+            run(scoring.main, argv)
+        except KeyboardInterrupt:
+            pytest.fail("Ctrl-C escaped the top-level handler (a traceback)")
+    return exit_.value.code, capsys.readouterr().err
+
+
+@pytest.fixture
+def no_metric(monkeypatch):
+    """Fails the test if a metric module is created."""
+    monkeypatch.setattr(Prior, "create_metrics", lambda *a, **k: pytest.fail("a metric was loaded"))
+
+
+def test_empty_input_folder_is_named(tmp_path, no_metric, capsys):
+    (tmp_path / "empty").mkdir()
+    code, err = run_cli(["-i", str(tmp_path / "empty"), "-o", str(tmp_path / "s.csv")], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"iqp: error: no images (.bmp, .jpeg, .jpg, .png, .tif, .tiff, .webp) under {tmp_path / 'empty'}")
+    assert list(tmp_path.iterdir()) == [tmp_path / "empty"]
+
+
+def test_folder_where_no_image_can_be_scored_says_so(tmp_path, capsys):
+    flat_png(tmp_path / "a" / "tiny.png", 10)  # 8 px: NIQE cannot score it
+    code, err = run_cli(["-i", str(tmp_path / "a"), "-o", str(tmp_path / "s.csv")], capsys)
+    assert code == 2 and "iqp: error: none of the 1 images could be scored with niqe, e.g. tiny.png (metric failed" in err
+
+
+@pytest.mark.parametrize("case", ["read_only", "csv_is_a_folder", "parent_is_a_file"])
+def test_unwritable_output_fails_before_any_metric_loads(tmp_path, request, no_metric, capsys, case):
+    flat_png(tmp_path / "a" / "x.png", 10)
+    if case == "read_only":
+        read_only_folder = request.getfixturevalue("read_only_folder")
+        out, message = read_only_folder / "s.csv", f"-o {read_only_folder / 's.csv'}: cannot write in {read_only_folder}"
+    elif case == "csv_is_a_folder":
+        (tmp_path / "d" / "scores.csv").mkdir(parents=True)
+        out, message = f"{tmp_path / 'd'}/", f"-o {tmp_path / 'd' / 'scores.csv'} is a folder, not a file"
+    else:
+        (tmp_path / "f").write_text("x")
+        out, message = tmp_path / "f" / "s.csv", f"-o {tmp_path / 'f' / 's.csv'}: {tmp_path / 'f'} is a file, not a folder"
+    code, err = run_cli(["-i", str(tmp_path / "a"), "-o", str(out)], capsys)
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"iqp: error: {message}")
+    assert not list(tmp_path.rglob("*.partial.csv"))
+
+
+def test_non_numeric_value_in_the_csv_names_file_and_row(tmp_path, fast_metric):
+    a, out = tmp_path / "a", tmp_path / "s.csv"
+    flat_png(a / "x.png", 10), flat_png(a / "y.png", 20)
+    scoring.main(["-i", str(a), "-o", str(out)])
+    out.write_text(out.read_text().replace("y.png,20.0,", "y.png,abc,"))
+    with pytest.raises(ValueError) as err:
+        scoring.main(["-i", str(a), "-o", str(out)])  # merging must not drop the row without a word
+    assert str(err.value).startswith(f"{out} line 3 (y.png): niqe 'abc' is not a number")
+    with pytest.raises(ValueError, match=r"s\.csv line 3 \(y\.png\): niqe 'abc' is not a number"):
+        scoring.summarize(out)
+    scoring.main(["-i", str(a), "-o", str(out), "--replace"])  # the way out the message gives
+    assert raw_scores(out) == {"x.png": 10, "y.png": 20}
+
+
+def test_ctrl_c_says_where_the_partial_work_is(tmp_path, fast_metric, capsys):
+    a, out = tmp_path / "a", tmp_path / "s.csv"
+    for value in (10, 20, 30):
+        flat_png(a / f"x{value}.png", value)
+    fast_metric["stop"] = 1
+    code, err = run_cli(["-i", str(a), "-o", str(out), "--batch", "1"], capsys)
+    partial = tmp_path / "s.csv.rank0.partial.csv"
+    assert code == 130 and err.splitlines()[-1] == f"iqp: interrupted, partial work kept in {partial}"
+    assert len(read_csv(partial)) == 1
+
+
+@pytest.mark.parametrize("lister", ["scoring", "datasets", "inference"])
+def test_broken_symlinks_are_named_in_a_warning(tmp_path, lister):
+    from iqp_plugin import datasets, inference
+
+    root = tmp_path / "a"
+    flat_png(root / "x.png", 10)
+    (root / "gone.png").symlink_to(tmp_path / "moved.png")
+    names = {"scoring": lambda: [it.name for it in scoring.list_images([root])],
+             "datasets": lambda: datasets.list_images(root),
+             "inference": lambda: [name for name, _ in inference.find_images(root)]}[lister]
+    with pytest.warns(UserWarning, match=f"1 broken symbolic link skipped: {root / 'gone.png'} -> {tmp_path / 'moved.png'}"):
+        assert names() == ["x.png"]

@@ -235,3 +235,86 @@ def test_basicsr_model_files_are_written_atomically(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.equal(torch.load(target, weights_only=True)["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["net_g_latest.pth"]
+
+
+# ---------------------------------------------------------------- one-line errors: unsafe files, Ctrl-C
+def unsafe_pickle(path, payload):
+    """A torch file that pickles a reference to os.system next to ``payload``: loading it could run code."""
+    torch.save({**payload, "hook": os.system}, path)
+    return path
+
+
+def test_unsafe_resume_state_is_refused_in_one_line(tmp_path, capsys):
+    states = tmp_path / "experiments" / "exp" / "training_states"
+    states.mkdir(parents=True)
+    torch.save({"epoch": 1, "iter": 4, "optimizers": [], "schedulers": []}, states / "4.state")
+    evil = unsafe_pickle(states / "6.state", {"epoch": 2, "iter": 6, "optimizers": [], "schedulers": []})
+    opt = {"auto_resume": False, "root_path": str(tmp_path), "name": "exp", "rank": 0,
+           "path": {"resume_state": str(evil)}}
+    with pytest.raises(ValueError) as err:
+        basicsr_cpu.load_resume_state(opt)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"Resume state {evil} is unreadable (not a safe checkpoint: it holds posix.system")
+    assert basicsr_cpu.load_resume_state({**opt, "auto_resume": True, "path": {"resume_state": None}})["iter"] == 4
+    assert f"skipped unreadable training state {evil} (not a safe checkpoint" in capsys.readouterr().err
+
+
+def test_unsafe_pretrained_host_model_is_refused_in_one_line(tmp_path):
+    """SRModel hosts load path:pretrain_network_g through BasicSR's own load_network."""
+    from types import SimpleNamespace
+
+    from basicsr.models import base_model
+
+    from iqp_plugin.checkpoint import CheckpointError
+
+    basicsr_cpu.patch()
+    evil = unsafe_pickle(tmp_path / "net_g.pth", {"params": {}})
+    with pytest.raises(CheckpointError) as err:
+        base_model.BaseModel.load_network(SimpleNamespace(get_bare_model=lambda net: net), torch.nn.Linear(1, 1), str(evil))
+    assert "\n" not in str(err.value) and str(err.value).startswith(f"{evil} is not a safe checkpoint")
+
+
+def test_ctrl_c_in_training_says_where_the_partial_work_is(tmp_path, capsys, monkeypatch):
+    import basicsr.train
+
+    from iqp_plugin import train
+    from iqp_plugin.cli import run as run_command
+
+    def interrupted(root_path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(basicsr.train, "train_pipeline", interrupted)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        try:
+            run_command(train.main, ["-opt", str(CONFIG)])
+        except KeyboardInterrupt:
+            pytest.fail("Ctrl-C escaped the top-level handler (a traceback)")
+    err = capsys.readouterr().err
+    assert exc.value.code == 130
+    assert err == f"iqp: interrupted, partial work kept in {tmp_path / 'experiments' / 'tiny_swinir_srmodel'}\n"
+
+
+def test_ctrl_c_of_python_m_iqp_plugin_train(workdir):
+    """The module entry point goes through the same handler: SIGINT mid-run ends in one line and exit code 130."""
+    proc = subprocess.Popen([sys.executable, "-m", "iqp_plugin.train", "-opt", str(CONFIG), "--force_yml",
+                             "train:total_iter=100000"], cwd=workdir, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # even if we ignore it
+    try:
+        exp = workdir / "experiments" / "tiny_swinir_srmodel"
+        deadline = time.monotonic() + 120
+        while not any("Start training" in p.read_text() for p in exp.glob("train_*.log")):
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "training never started"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert err.splitlines()[-1] == f"iqp: interrupted, partial work kept in {exp}"
