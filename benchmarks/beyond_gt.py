@@ -493,13 +493,13 @@ def main(argv: list[str] | None = None) -> dict:
         fam_out[family] = {"results": results, "targets": targets(per_image, results), "grid": grid}
     save_sweep(out / "sweep.png", {f: v["results"] for f, v in fam_out.items()})
     meta = {"budget": args.budget, "device": str(device), "wall_s": round(time.perf_counter() - start, 1),
-            "steps_s": times, "iters": budget["iters"], "data": str(Path(args.data)), "n_train": len(manifest["train"]),
+            "steps_s": times, "iters": budget["iters"], "data": Path(args.data).name, "n_train": len(manifest["train"]),
             "n_contaminated": len(manifest["contaminated"]), "n_heldout": len(manifest["heldout"]),
             "contamination": manifest["contamination"], "contaminate": args.contaminate, "scores": list(SCORES),
             "top_percent": budget["top_percent"], "top_threshold": threshold,
             "top_contaminated_fraction": sum(n in manifest["contaminated"] for n in top) / max(1, len(top)),
             "metrics": {m: {"lower_better": lb, "what": w} for m, (lb, w) in METRICS.items()},
-            "sweep_plot": "sweep.png", "work": str(work), "torch": torch.__version__,
+            "sweep_plot": "sweep.png", "work": work.name, "torch": torch.__version__,
             "python": platform.python_version()}
     data = {"meta": meta, "prior": {"auc": prior["auc"]}, "families": fam_out}
     markdown = report(meta, prior, fam_out)
