@@ -51,7 +51,10 @@ def safe_load(path: str, allowed: list | tuple = ()) -> object:
             reason = f"not a safe checkpoint: it holds {found[1]}, which unpickling could run as code"
             raise CheckpointError(f"{path} is {reason}, so it was not loaded. If you trust the file, load it yourself "
                                   "and re-save only its weights (a dict of tensors) with torch.save.", reason) from err
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        lines = [line for line in str(err).strip().splitlines() if line.strip()] or [type(err).__name__]
+        # torch's weights-only errors open with advice to load unsafely; their cause follows "... error:"
+        cause = next((line for i, line in enumerate(lines) if i and lines[i - 1].rstrip().endswith("error:")), None)
+        reason = cause or lines[0]
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {reason}",
                               reason) from err
 
