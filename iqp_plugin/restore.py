@@ -3,6 +3,7 @@
     iqp restore -i IN -o OUT (--config wrapper.yml | --host FILE | --host TYPE [--host-opt JSON] --host-checkpoint F)
                 [--plugin F] [--allow-host-mismatch] [--score S] [--w W] [--tile T] [--tile-overlap O]
                 [--tile-above PIXELS] [--device auto|cpu|cuda] [--batch N] [--overwrite]
+                [--faces [--upscale N] [--only-center-face] [--bg-host CONFIG] [--detector-weights PATH]]
 
 ``--host FILE`` takes a host checkpoint alone: spandrel detects its architecture and options (``host: auto``),
 and ``--plugin`` adds a plug-in trained on exactly that file (another one is an error unless
@@ -17,6 +18,12 @@ RGBA keeps its alpha, grayscale stays grayscale, 16-bit PNG stays 16-bit. Existi
 unless ``--overwrite``; unreadable inputs are reported and skipped. Exit code 1 when some input failed.
 Every output is checked (not a folder, in a writable place) before the model loads; Ctrl-C keeps the images
 written so far (the next run skips them).
+
+Face hosts (CodeFormer, RestoreFormer) take aligned faces; an input of another size is resized to theirs and
+back. ``--faces`` takes whole photos instead (:mod:`iqp_plugin.faces`): every face is detected (RetinaFace,
+weights from ``--detector-weights`` or facexlib's cache, never downloaded), aligned, restored and pasted back
+over the photo resized by ``--upscale`` or restored by ``--bg-host CONFIG``; what was found is reported per
+image (no face, faces too small, how many), and a photo without a face is written as its background.
 """
 from __future__ import annotations
 
@@ -40,6 +47,7 @@ from iqp_plugin.inference import (
     write_picture,
 )
 from iqp_plugin.cli import writing
+from iqp_plugin.faces import add_face_args, check_face_args, photo_restorer_from_args
 from iqp_plugin.files import IMAGE_SUFFIXES, check_writable
 
 
@@ -51,7 +59,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--score", type=float, help="quality asked of the plug-in, in [0, 1] (default: its target)")
     p.add_argument("--w", type=float, help="CodeFormer's fidelity weight (0: quality .. 1: fidelity)")
     add_tile_args(p)
-    p.add_argument("--batch", type=int, default=1, help="images of the same size restored together")
+    add_face_args(p)
+    p.add_argument("--batch", type=int, default=1,
+                   help="images of the same size restored together (with --faces: faces of one photo)")
     p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
     return p.parse_args(argv)
 
@@ -85,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.batch < 1:
         raise ValueError("--batch must be >= 1")
     check_tile_args(args)
+    detector = check_face_args(args)
     pairs = output_paths(args.input, args.output)
     if any(src.resolve() == dst.resolve() for src, dst in pairs):
         raise ValueError("the output would replace an input: choose another -o")
@@ -96,11 +107,12 @@ def main(argv: list[str] | None = None) -> None:
         if wrapper.adapter.name != "codeformer":
             raise ValueError(f"--w is CodeFormer's fidelity weight; this host is {type(wrapper.host).__name__}")
         host_kwargs["w"] = args.w
-    if args.tile and wrapper.adapter.input_size:
+    if args.tile and wrapper.adapter.input_size and not args.faces:
         raise ValueError(f"--tile does not apply to {type(wrapper.host).__name__}, which takes whole aligned faces")
+    photos = photo_restorer_from_args(args, wrapper, detector, **host_kwargs) if args.faces else None
 
     start = time.perf_counter()
-    counts = {"done": 0, "skipped": 0, "failed": 0}
+    counts = {"done": 0, "skipped": 0, "failed": 0, "faces": 0, "faceless": 0}
     pending: list[tuple[Path, Picture]] = []
 
     def flush() -> None:
@@ -125,6 +137,14 @@ def main(argv: list[str] | None = None) -> None:
             tqdm.write(f"iqp restore: skipped {src}: {err}", file=sys.stderr)
             counts["failed"] += 1
             continue
+        if photos is not None:
+            photo = photos(pic.rgb, {"out": {"score": args.score}})
+            write_picture(dst, Picture(photo.images["out"], pic.alpha, pic.gray, pic.bits))
+            tqdm.write(f"iqp restore: {src}: {photo.note}", file=sys.stderr)
+            counts["done"] += 1
+            counts["faces"] += photo.restored
+            counts["faceless"] += not photo.restored
+            continue
         if pending and pending[0][1].rgb.shape != pic.rgb.shape:
             flush()
         pending.append((dst, pic))
@@ -133,6 +153,9 @@ def main(argv: list[str] | None = None) -> None:
     flush()
     bar.close()
     seconds = time.perf_counter() - start
+    if photos is not None:
+        print(f"iqp restore: {counts['faces']} faces restored; photos without a restored face (written as their "
+              f"background): {counts['faceless']}")
     print(f"iqp restore: {counts['done']} done, {counts['skipped']} skipped (exist; --overwrite to redo), "
           f"{counts['failed']} failed in {seconds:.1f} s -> {args.output}")
     if counts["failed"]:
