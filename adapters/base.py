@@ -48,6 +48,8 @@ class HostAdapter:
     spandrel_ids: ClassVar[tuple[str, ...]] = ()
     #: value range of the host's input and output images
     image_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
+    #: keyword arguments of the host that users may set (``iqp restore``/``export`` options), with what each is
+    host_args: ClassVar[dict[str, str]] = {}
     #: side of the one square input size the host takes (aligned faces), or None for any size
     input_size: int | None = None
     #: input sides that are multiples of this need no padding inside the host (e.g. an attention window);

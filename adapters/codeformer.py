@@ -56,6 +56,7 @@ class CodeFormerAdapter(HostAdapter):
     host_types = ("CodeFormer",)
     spandrel_ids = ("CodeFormer",)
     image_range = (-1.0, 1.0)
+    host_args = {"w": "CodeFormer's fidelity weight"}
     input_size = 512
 
     @classmethod

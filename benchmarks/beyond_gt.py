@@ -14,7 +14,10 @@ The paper's claim as a controlled experiment with a pristine reference that trai
              pixel-shuffle plug-in correction).
 4. controls  the host trained further on the same data for as many iterations as the plug-in stages; the host
              fine-tuned on the top-scored GT only (filtering); the host trained on pristine GT (oracle).
-5. plug-in   the three IQP stages around the frozen host; stage 3 also in 'continuous' mode (ablation).
+5. plug-in   the three IQP stages around the frozen host; stage 3 also in 'continuous' mode (ablation). The
+             configs' plug-in is the ``standard`` preset, scaled down; the three stages are run again with
+             the ``lean`` default preset (every preset option reset to lean, the configs' patch and upsampling
+             kept), compared as 'IQP, lean default'.
 6. evaluate  on the held-out images, degraded once with the host's training degradations (seed 0): PSNR and
              SSIM against the pristine image, NIQE, PIQE and the sharpness ratio (high-frequency energy of the
              output over that of the pristine image); host + IQP at every score of ``SCORES``, with its HQ
@@ -53,8 +56,9 @@ from benchmarks.quality import checkpoint, run, summary, train as quality_train 
 from iqp_plugin.compare import NOISE_SE, full_reference  # noqa: E402
 from iqp_plugin.datasets import IQPDegradedDataset  # noqa: E402
 from iqp_plugin.inference import load_wrapper, resolve_device  # noqa: E402
+from iqp_plugin.plugin import PRESETS  # noqa: E402
 from iqp_plugin.quality import create_prior  # noqa: E402
-from iqp_plugin.scoring import load_scores  # noqa: E402
+from iqp_plugin.score_files import load_scores  # noqa: E402
 from iqp_plugin.train import read_options  # noqa: E402
 
 CONFIGS = REPO / "configs" / "beyond_gt"
@@ -134,7 +138,10 @@ def train(work: Path, config: str, device: torch.device, threads: int | None = N
 #: which trainings of a host family need which others first
 NEEDS = {"host": (), "oracle": (), "further": ("host",), "filtered": ("host",), "codebook": ("host",),
          "predictor": ("codebook",), "quality": ("predictor",), "continuous": ("predictor",),
-         "bilinear_codebook": ("host",), "bilinear_predictor": ("bilinear_codebook",), "bilinear": ("bilinear_predictor",)}
+         "bilinear_codebook": ("host",), "bilinear_predictor": ("bilinear_codebook",), "bilinear": ("bilinear_predictor",),
+         "lean_codebook": ("host",), "lean_predictor": ("lean_codebook",), "lean": ("lean_predictor",)}
+#: the plug-in options of the lean default preset, set over a config's (its patch and upsampling stay)
+LEAN = {"preset": "lean", **PRESETS["lean"]}
 
 
 def train_all(work: Path, jobs: dict[tuple[str, str], tuple[str, dict]], device: torch.device,
@@ -189,17 +196,19 @@ def trainings(prefix: str, iters: dict) -> dict[str, tuple[str, dict]]:
         "quality": (f"{prefix}_quality", {"name": f"{base}_quality", **stage_opt["quality"]}),
         "continuous": (f"{prefix}_quality", {"name": f"{base}_continuous", "train:quality_mode": "continuous",
                                              **stage_opt["quality"]}),
-        **(_bilinear_chain(prefix, stage_opt) if prefix in PIXEL_SHUFFLE else {}),
+        **_variant_chain(prefix, stage_opt, "lean", LEAN),
+        **(_variant_chain(prefix, stage_opt, "bilinear", {"upsample": "bilinear"}) if prefix in PIXEL_SHUFFLE else {}),
     }
 
 
-def _bilinear_chain(prefix: str, stage_opt: dict) -> dict[str, tuple[str, dict]]:
-    """The three stages again with the plug-in's correction upsampled bilinearly (the ablation of
-    ``upsample: pixelshuffle``)."""
-    base, jobs, previous = f"bgt_{prefix}_bilinear", {}, None
-    for stage, key in zip(STAGES, ("bilinear_codebook", "bilinear_predictor", "bilinear")):
+def _variant_chain(prefix: str, stage_opt: dict, variant: str, plugin: dict) -> dict[str, tuple[str, dict]]:
+    """The three stages again with the plug-in options ``plugin`` set over the config's: ``bilinear`` (the
+    ablation of ``upsample: pixelshuffle``) and ``lean`` (the default preset against the configs' standard)."""
+    base, jobs, previous = f"bgt_{prefix}_{variant}", {}, None
+    forced = {f"network_g:plugin:{k}": v for k, v in plugin.items()}
+    for stage, key in zip(STAGES, (f"{variant}_codebook", f"{variant}_predictor", variant)):
         name = base if stage == "quality" else f"{base}_{stage}"
-        opt = {"name": name, "network_g:plugin:upsample": "bilinear", **stage_opt[stage]}
+        opt = {"name": name, **forced, **stage_opt[stage]}
         if previous:
             opt["path:pretrain_network_g"] = f"experiments/{previous}/models/net_g_latest.pth"
         jobs[key] = (f"{prefix}_{stage}", opt)
@@ -278,11 +287,14 @@ def evaluate(work: Path, prefix: str, device: torch.device) -> tuple[dict, dict]
         load_wrapper(wrapper_net(prefix, ckpt["host"], True), str(ckpt["predictor"]), device), lq, device, TARGET)
     systems["IQP, continuous quality stage"] = lambda: restored(
         load_wrapper(wrapper_net(prefix, ckpt["host"], True), str(ckpt["continuous"]), device), lq, device, TARGET)
+    variants = {"IQP, lean default": ("lean", LEAN)}
     if prefix in PIXEL_SHUFFLE:
-        bilinear = wrapper_net(prefix, ckpt["host"], True)
-        bilinear["plugin"] = {**bilinear["plugin"], "upsample": "bilinear"}
-        systems["IQP, bilinear correction"] = lambda: restored(
-            load_wrapper(bilinear, str(checkpoint(work, f"bgt_{prefix}_bilinear")), device), lq, device, TARGET)
+        variants["IQP, bilinear correction"] = ("bilinear", {"upsample": "bilinear"})
+    for system, (variant, plugin) in variants.items():
+        net = wrapper_net(prefix, ckpt["host"], True)
+        net["plugin"] = {**net["plugin"], **plugin}
+        systems[system] = lambda net=net, variant=variant: restored(
+            load_wrapper(net, str(checkpoint(work, f"bgt_{prefix}_{variant}")), device), lq, device, TARGET)
     nr = create_prior([PRIOR, HELDOUT_NR]).create_metrics(device)
     per_image, images = {}, {"pristine": pristine}
     for name, fn in tqdm(systems.items(), desc=f"evaluate {prefix}", unit="system"):
@@ -339,6 +351,8 @@ def targets(per_image: dict, results: dict) -> dict:
         "discrete - continuous": {m: paired(per_image[iqp][m], per_image["IQP, continuous quality stage"][m],
                                             METRICS[m][0]) for m in METRICS},
     }
+    ablation["lean default - standard preset"] = {
+        m: paired(per_image["IQP, lean default"][m], per_image[iqp][m], METRICS[m][0]) for m in METRICS}
     if "IQP, bilinear correction" in per_image:
         ablation["pixel-shuffle - bilinear correction"] = {
             m: paired(per_image[iqp][m], per_image["IQP, bilinear correction"][m], METRICS[m][0]) for m in METRICS}

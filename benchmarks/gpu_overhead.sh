@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # benchmarks/overhead.py on the GPU machine (Python 3.12, torch preinstalled, no network).
 # Run from the repository root, with the git-ignored .whl/ folder carried along (see
-# /work/shared/design/facts.md section 4 and benchmarks/README.md). Results go to $OUT/overhead
+# benchmarks/README.md, 'GPU run'). Results go to $OUT/overhead
 # (overhead.json + overhead.md); extra arguments are passed to overhead.py (e.g. --hosts codeformer).
 set -euo pipefail
 OUT="${OUT:-benchmarks/out}"

@@ -12,6 +12,7 @@ not a safe checkpoint.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import pickle
 import re
@@ -36,6 +37,15 @@ class CheckpointError(ValueError):
     def __init__(self, message: str, reason: str | None = None):
         super().__init__(message)
         self.reason = reason or message
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file (a plug-in checkpoint names its host checkpoint by it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def safe_load(path: str, allowed: list | tuple = ()) -> object:

@@ -132,6 +132,24 @@ class DualCodebook(nn.Module):
         hq = self._select(logits_hq, self.hq.weight, mode)
         return torch.add(common, hq, alpha=self.hq_weight)
 
-    def targets(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Nearest-code indices (N,) in each branch for target features (N, C)."""
-        return self.common.nearest(feat), self.hq.nearest(feat)
+    def targets(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The target codes of features ``feat`` (N, C): the nearest common code, the HQ code nearest to what it
+        leaves (the residual, the rule :meth:`update` learns the HQ codebook by), and the decoded
+        ``q = common + hq_weight * hq``. Returns (common index, HQ index, q)."""
+        common = self.common.weight
+        idx_c = self.common.nearest(feat)
+        idx_h = self.hq.nearest(feat - common[idx_c])
+        return idx_c, idx_h, common[idx_c] + self.hq_weight * self.hq.weight[idx_h]
+
+    @torch.no_grad()
+    def update(self, feat: torch.Tensor, hq_feat: torch.Tensor) -> dict[str, float]:
+        """One stage-1 step: EMA k-means of the common codebook on every target's features ``feat`` (N, C),
+        unless it is the host's (used as it is), then of the HQ codebook on the residuals of the high-score
+        targets' features ``hq_feat`` (M, C; M may be 0). Returns the usage statistics of both."""
+        logs = {}
+        if isinstance(self.common, Codebook):
+            logs.update({f"common_{k}": v for k, v in self.common.update(feat).items()})
+        if len(hq_feat):
+            residual = hq_feat - self.common.weight[self.common.nearest(hq_feat)]
+            logs.update({f"hq_{k}": v for k, v in self.hq.update(residual).items()})
+        return logs

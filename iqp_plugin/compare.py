@@ -27,7 +27,6 @@ is checked before the model loads.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import html
 import io
@@ -44,9 +43,8 @@ import torch
 from basicsr.metrics import calculate_psnr, calculate_ssim
 from tqdm import tqdm
 
+from iqp_plugin import parsers
 from iqp_plugin.inference import (
-    add_model_args,
-    add_tile_args,
     check_tile_args,
     find_images,
     load_from_args,
@@ -54,7 +52,7 @@ from iqp_plugin.inference import (
     run_batch,
 )
 from iqp_plugin.cli import writing
-from iqp_plugin.faces import add_face_args, check_face_args, photo_restorer_from_args
+from iqp_plugin.faces import check_face_args, photo_restorer_from_args
 from iqp_plugin.files import check_writable, write_atomic
 from iqp_plugin.quality import create_prior
 
@@ -64,20 +62,6 @@ NOISE_SE = 2.0
 SAME_RTOL = 1e-4
 FULL_REF = {"psnr": False, "ssim": False, "sharpness": False}  # metric -> lower_better (against the GT)
 
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="iqp compare", description=__doc__.split("\n")[0])
-    p.add_argument("-i", "--input", required=True, help="image file or folder (searched recursively)")
-    p.add_argument("-o", "--output", required=True, help="report folder")
-    add_model_args(p)
-    p.add_argument("--gt", help="folder of ground-truth images (adds PSNR/SSIM and a GT column)")
-    p.add_argument("--metrics", default="offline", help="the prior's NR metrics: a prior name or 'niqe,piqe'")
-    p.add_argument("--heldout", default="piqe", help="NR metrics not in the prior, comma-separated ('' for none)")
-    p.add_argument("--score", type=float, help="score asked of the plug-in in the table (default: its target)")
-    p.add_argument("--scores", default="0.5,0.7,0.9", help="conditioning scores of the sweep plot")
-    add_tile_args(p)
-    add_face_args(p)
-    return p.parse_args(argv)
 
 
 def parse_scores(text: str) -> list[float]:
@@ -458,7 +442,7 @@ document.querySelectorAll('.ba img').forEach(function (img) {
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    args = parsers.compare().parse_args(argv)
     start = time.perf_counter()
     sweep_scores = parse_scores(args.scores)
     if args.score is not None and not 0.0 <= args.score <= 1.0:

@@ -35,7 +35,7 @@ from torch.utils import data
 
 from iqp_plugin.exif import exif_orientation, upright
 from iqp_plugin.files import IMAGE_SUFFIXES, image_files
-from iqp_plugin.scoring import failed_images, load_scores
+from iqp_plugin.score_files import failed_images, load_scores
 
 
 def list_images(folder: str | Path) -> list[str]:

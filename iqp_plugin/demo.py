@@ -44,7 +44,7 @@ from tqdm import tqdm
 from iqp_plugin.contamination import write_mixed
 from iqp_plugin.datasets import IQPDegradedDataset, list_images, read_image
 from iqp_plugin.sample_data import PHOTOS, write_crops
-from iqp_plugin.scoring import sidecar_path
+from iqp_plugin.score_files import sidecar_path
 from iqp_plugin.train import read_options
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"

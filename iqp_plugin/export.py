@@ -43,7 +43,6 @@ position embedding export as they are.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import sys
@@ -55,8 +54,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from iqp_plugin import parsers
 from iqp_plugin.files import atomic_path, check_writable
-from iqp_plugin.inference import load_wrapper, wrapper_options
+from iqp_plugin.inference import host_kwargs, load_wrapper, wrapper_options
 from iqp_plugin.wrapper import IQPWrapper
 
 #: example batch for tracing: torch.export pins dimensions whose example is 0 or 1
@@ -196,23 +196,8 @@ def _first_line(err: Exception) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="iqp export", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True, help="wrapper YAML (network_g block or bare IQPWrapper options)")
-    p.add_argument("--onnx", required=True, help="the .onnx file to write")
-    p.add_argument("--plugin", help="plug-in checkpoint (net_g_*.pth); default: the config's plugin_checkpoint")
-    score = p.add_mutually_exclusive_group()
-    score.add_argument("--score", type=float, help="quality folded into the graph, in [0, 1] (default: the "
-                                                   "plug-in's target score)")
-    score.add_argument("--score-input", action="store_true", help="make the score a graph input (batch, M)")
-    p.add_argument("--size", type=int, help="fix H = W = N (default: dynamic where the host allows it)")
-    p.add_argument("--host-only", action="store_true", help="export the host without the plug-in (before/after)")
-    p.add_argument("--w", type=float, help="CodeFormer's fidelity weight folded into the graph (default 0.5)")
-    return p.parse_args(argv)
-
-
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    args = parsers.export().parse_args(argv)
     if args.score is not None and not 0.0 <= args.score <= 1.0:
         raise ValueError(f"--score must lie in [0, 1] (a normalised quality score), got {args.score}")
     if args.size is not None and args.size < 1:
@@ -237,13 +222,9 @@ def main(argv: list[str] | None = None) -> None:
     elif (args.score is not None or args.score_input) and net.get("plugin") is None and not plugin_file:
         raise ValueError("--score and --score-input need a plug-in: --plugin F or a plugin block in the config")
     wrapper = load_wrapper(net, plugin_file, "cpu")
-    host_kwargs = {}
-    if args.w is not None:
-        if wrapper.adapter.name != "codeformer":
-            raise ValueError(f"--w is CodeFormer's fidelity weight; this host is {type(wrapper.host).__name__}")
-        host_kwargs["w"] = args.w
+    kwargs = host_kwargs(wrapper, w=args.w)
     info = export(wrapper, args.onnx, score=args.score, score_input=args.score_input, size=args.size,
-                  host_only=args.host_only, host_kwargs=host_kwargs)
+                  host_only=args.host_only, host_kwargs=kwargs)
     what = "host" if args.host_only or wrapper.plugin is None else "host + plug-in"
     print(f"iqp export: {what} -> {args.onnx} ({info['bytes'] / 2 ** 20:.1f} MiB, {info['seconds']:.1f} s); "
           f"inputs {', '.join(info['inputs'])}; dynamic {info['dynamic']}; score {info['score']}; "

@@ -34,7 +34,8 @@ import cv2
 import numpy as np
 import torch
 
-from iqp_plugin.inference import AUTO_TILE_ABOVE, TILE_OVERLAP, run_batch
+from iqp_plugin.inference import run_batch
+from iqp_plugin.parsers import AUTO_TILE_ABOVE, TILE_OVERLAP
 
 #: RetinaFace weights of facexlib (its ``retinaface_resnet50``), and where facexlib itself downloads them from.
 DETECTOR_FILE = "detection_Resnet50_Final.pth"
@@ -62,22 +63,6 @@ def default_detector_path() -> Path:
 
 
 # ---------------------------------------------------------------- options
-def add_face_args(parser: argparse.ArgumentParser) -> None:
-    """``--faces`` and its options (shared by restore and compare)."""
-    g = parser.add_argument_group("whole photos (face hosts)")
-    g.add_argument("--faces", action="store_true",
-                   help="inputs are whole photos: detect every face, align it to the FFHQ template, restore it and "
-                        "paste it back (face hosts; without it, inputs are aligned faces)")
-    g.add_argument("--upscale", type=int, metavar="N",
-                   help="with --faces: output size = N x input size (default: the --bg-host's scale, else 1)")
-    g.add_argument("--only-center-face", action="store_true", help="with --faces: restore only the face nearest the centre")
-    g.add_argument("--bg-host", metavar="CONFIG",
-                   help="with --faces: restorer config (as --config, e.g. a SwinIR host) for everything but the faces; "
-                        "default: the photo resized by --upscale")
-    g.add_argument("--detector-weights", metavar="PATH",
-                   help=f"with --faces: RetinaFace weights, facexlib's {DETECTOR_FILE} "
-                        f"(default: {default_detector_path()})")
-
 
 def check_face_args(args: argparse.Namespace) -> Path | None:
     """ValueError for face options that cannot work, before any model loads; the detector weights file
@@ -272,7 +257,7 @@ class PhotoRestorer:
 
 
 def photo_restorer_from_args(args: argparse.Namespace, wrapper, weights: Path, **host_kwargs) -> PhotoRestorer:
-    """The :class:`PhotoRestorer` that :func:`add_face_args` options describe (detector and background host
+    """The :class:`PhotoRestorer` that :func:`iqp_plugin.parsers.add_face_args` options describe (detector and background host
     loaded on the wrapper's device)."""
     from iqp_plugin.inference import load_wrapper, wrapper_options
 

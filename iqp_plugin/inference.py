@@ -32,28 +32,15 @@ import cv2
 import numpy as np
 import torch
 
-from iqp_plugin.checkpoint import read_checkpoint
+from iqp_plugin.checkpoint import file_sha256, read_checkpoint
 from iqp_plugin.exif import exif_orientation, upright
 from iqp_plugin.files import IMAGE_SUFFIXES, image_files, write_atomic
-from iqp_plugin.model import file_sha256
 from iqp_plugin.options import read_yaml
+from iqp_plugin.parsers import AUTO_TILE_ABOVE, TILE_OVERLAP
 from iqp_plugin.registry import check_options
 from iqp_plugin.wrapper import IQPWrapper
 
 # ---------------------------------------------------------------- model loading
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """The options that choose the wrapper and the device (shared by restore and compare)."""
-    g = parser.add_argument_group("model")
-    g.add_argument("--config", help="wrapper YAML (network_g block or bare IQPWrapper options)")
-    g.add_argument("--host", help="host checkpoint (architecture and options detected by spandrel), or a host "
-                                  "arch type, e.g. SwinIR, with --host-opt and --host-checkpoint (instead of --config)")
-    g.add_argument("--host-opt", help="options of --host TYPE as JSON, e.g. '{\"upscale\": 4}'")
-    g.add_argument("--host-checkpoint", help="host weights (params_ema / params / state_dict / safetensors)")
-    g.add_argument("--plugin", help="plug-in checkpoint written by training (net_g_*.pth)")
-    g.add_argument("--allow-host-mismatch", action="store_true",
-                   help="run a plug-in on host weights other than those it was trained with (warn, not fail)")
-    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-
 
 def resolve_device(name: str) -> torch.device:
     """'auto' -> cuda when available, else cpu."""
@@ -131,8 +118,19 @@ def _check_host_file(trained: dict, host_file: str | None, plugin_file: str, all
         warnings.warn(f"{message}: results may be poor (--allow-host-mismatch)")
 
 
+def host_kwargs(wrapper: IQPWrapper, **given) -> dict:
+    """The host arguments given on the command line (None: not given), each checked against those its adapter
+    declares (``HostAdapter.host_args``)."""
+    kwargs = {k: v for k, v in given.items() if v is not None}
+    for key in kwargs:
+        if key not in wrapper.adapter.host_args:
+            takes = ", ".join(f"--{k} ({what})" for k, what in wrapper.adapter.host_args.items()) or "no host option"
+            raise ValueError(f"--{key} is not an option of this host, {type(wrapper.host).__name__}; it takes {takes}")
+    return kwargs
+
+
 def load_from_args(args: argparse.Namespace) -> IQPWrapper:
-    """The wrapper that :func:`add_model_args` options describe, on the chosen device."""
+    """The wrapper that :func:`iqp_plugin.parsers.add_model_args` options describe, on the chosen device."""
     device = resolve_device(args.device)
     allow = args.allow_host_mismatch
     if args.config:
@@ -236,35 +234,6 @@ def find_images(path: str | Path) -> list[tuple[str, Path]]:
 
 
 # ---------------------------------------------------------------- running the model
-#: Inputs of more pixels (H x W) than this are restored in tiles unless a tile size is given (``--tile-above``).
-#: Untiled, memory grows with the pixel count (SwinIR's window attention and mask) and the plug-in's global
-#: attention (one token per ``patch`` x ``patch`` bottleneck pixels) costs time with its square: a 10000x200
-#: image through the demo's SwinIR x1 + plug-in took 4.9 GB over the loaded model and 590 s (one thread of a
-#: shared 2-core CPU); in tiles of 512x200, 0.39 GB and 106 s. A 512x512 input (the largest in one piece) took 0.69 GB there;
-#: the shipped SwinIR-M x4 + patch-8 plug-in took 0.35 GB at 128x128 and 0.99 GB at 256x256 (about 3.5 GB
-#: at 512x512 by a linear fit). Lower it (``--tile-above``) for large hosts on small machines; it is also the
-#: input size of the face hosts, which are never tiled.
-AUTO_TILE_ABOVE = 512 * 512
-#: Overlap of neighbouring tiles, input pixels (``--tile-overlap``); 32 as SwinIR's own tiled test. Tiled vs
-#: whole, max |diff| on [0, 1]: the tests' tiny SwinIR, 2000x40 in 64-px tiles, 5e-6 (0.001 with overlap 16);
-#: the demo's SwinIR, 10000x200 in 512-px tiles, 1.5e-5. A plug-in's attention spans the whole input, so its
-#: tiles see less context whatever the overlap: 0.0023 and 0.02 (mean 2e-4 and 9e-4) with random plug-ins.
-TILE_OVERLAP = 32
-
-
-def add_tile_args(parser: argparse.ArgumentParser) -> None:
-    """``--tile``, ``--tile-overlap`` and ``--tile-above`` (shared by restore and compare)."""
-    g = parser.add_argument_group("tiling (hosts that take any size; face hosts never tile)")
-    g.add_argument("--tile", type=int, default=None,
-                   help="restore in tiles of this many input pixels a side; 0: whole images "
-                        "(default: tiles for inputs over --tile-above pixels)")
-    g.add_argument("--tile-overlap", type=int, default=TILE_OVERLAP,
-                   help=f"overlap of neighbouring tiles, input pixels (default {TILE_OVERLAP})")
-    g.add_argument("--tile-above", type=int, default=AUTO_TILE_ABOVE, metavar="PIXELS",
-                   help=f"without --tile, inputs of more pixels than this are restored in square tiles of at most "
-                        f"this many pixels (default {AUTO_TILE_ABOVE} = 512x512)")
-
-
 def check_tile_args(args: argparse.Namespace) -> None:
     """ValueError for tiling options that cannot work (before any model is loaded)."""
     if args.tile is not None and args.tile < 0:

@@ -33,7 +33,6 @@ plug-in only (``params``, ``params_ema``) and name the host checkpoint by path a
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 import warnings
 from collections import OrderedDict
@@ -49,9 +48,9 @@ from basicsr.utils import get_root_logger, tensor2img
 from basicsr.utils.registry import MODEL_REGISTRY
 from tqdm import tqdm
 
-from iqp_plugin.checkpoint import read_checkpoint
+from iqp_plugin.checkpoint import file_sha256, read_checkpoint
 from iqp_plugin.files import atomic_path
-from iqp_plugin.scoring import load_scores
+from iqp_plugin.score_files import load_scores
 
 STAGES = ("codebook", "predictor", "quality")
 
@@ -60,14 +59,6 @@ def _all_gather(x: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(torch.distributed.get_world_size())]
     torch.distributed.all_gather(parts, x.contiguous())
     return torch.cat(parts)
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def hq_threshold(train_opt: dict, score_csv: str | None) -> float:
@@ -114,7 +105,6 @@ class IQPModel(BaseModel):
         self.log_dict = OrderedDict()
         if self.stage == "codebook":
             self.threshold = hq_threshold(train_opt, self.opt["datasets"]["train"].get("score_csv"))
-            self.hq_scores_seen: list[float] = []  # scores of every target the HQ codebook learned from
             get_root_logger().info(f"HQ codebook threshold: score >= {self.threshold:.4f}")
             return
         if not self.opt["datasets"].get("train", {}).get("score_csv"):
@@ -168,16 +158,8 @@ class IQPModel(BaseModel):
         tokens, score = self._gt_tokens(), self.score
         if self.opt.get("dist"):  # every rank updates the codebooks with the whole global batch
             tokens, score = _all_gather(tokens), _all_gather(score)
-        common, hq = self.plugin.codebook.common, self.plugin.codebook.hq
-        logs = {}
-        if hasattr(common, "update"):  # a host codebook is borrowed as-is
-            logs.update({f"common_{k}": v for k, v in common.update(tokens.flatten(0, 1)).items()})
         selected = score >= self.threshold
-        if selected.any():
-            hq_tokens = tokens[selected].flatten(0, 1)
-            residual = hq_tokens - common.weight[common.nearest(hq_tokens)]
-            logs.update({f"hq_{k}": v for k, v in hq.update(residual).items()})
-            self.hq_scores_seen.extend(score[selected].tolist())
+        logs = self.plugin.codebook.update(tokens.flatten(0, 1), tokens[selected].flatten(0, 1))
         logs["hq_fraction"] = float(selected.float().mean())
         self.log_dict = OrderedDict(logs)
         self.plugin_ema.load_state_dict(self.plugin.state_dict())
@@ -202,13 +184,7 @@ class IQPModel(BaseModel):
     def losses(self) -> OrderedDict:
         """The stage's losses for the current batch (the quality stage adds the NR-IQA loss)."""
         train_opt = self.opt["train"]
-        codebook = self.plugin.codebook
-        target = self._gt_tokens()
-        flat = target.flatten(0, 1)
-        idx_c = codebook.common.nearest(flat)
-        residual = flat - codebook.common.weight[idx_c]
-        idx_h = codebook.hq.nearest(residual)
-        target_codes = codebook.common.weight[idx_c] + codebook.hq_weight * codebook.hq.weight[idx_h]
+        idx_c, idx_h, target_codes = self.plugin.codebook.targets(self._gt_tokens().flatten(0, 1))
         out, aux = self.net_g.restore(self.lq, score=self.score)
         losses = OrderedDict()
         losses["l_ce_common"] = train_opt.get("ce_common_weight", 0.5) * F.cross_entropy(aux.logits_common.flatten(0, 1), idx_c)

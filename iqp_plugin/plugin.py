@@ -15,7 +15,12 @@ than the token grid (full-resolution hosts such as SwinIR; needs ``patch`` = p).
                ``adaln`` (DiT adaLN-zero): ``c = MLP(Fourier(s))``; in every block
                ``x += g1 * Attn(LN(x) * (1 + a1) + b1)`` and ``x += g2 * MLP(LN(x) * (1 + a2) + b2)``
                with ``(a1, b1, g1, a2, b2, g2) = Linear(SiLU(c))``, zero-initialised.
-3. Indices:    ``l_c = W_c h`` and ``l_h = W_h h`` from the final tokens ``h``.
+               ``adaln_single`` (PixArt-alpha): the same blocks, but one ``Linear(SiLU(c))`` shared by all
+               of them plus a learned (6, dim) table per block, instead of a 6 * dim^2 layer per block.
+3. Indices:    ``dense``: ``l_c = W_c h`` and ``l_h = W_h h`` from the final tokens ``h`` (a K-way layer per
+               codebook). ``similarity``: ``l_k = -||W h - C_k||^2 / (tau * v)``, the distance of a
+               predicted code feature to every code, ``v`` the codebook's mean squared spread and ``tau``
+               learned: no parameter per code, so the codebook size costs nothing.
 4. Codes:      ``q = C_c[argmax l_c] + w * C_h[argmax l_h]`` (``w`` = ``hq_weight``); when training,
                straight-through over the code choice: ``hard + soft - stopgrad(soft)``,
                ``soft = softmax(l) @ C``.
@@ -39,25 +44,76 @@ from torch import nn
 
 from iqp_plugin.codebook import DualCodebook
 
-#: Default configuration; every key can be overridden by ``IQPWrapper(plugin={...})``.
-DEFAULT_PLUGIN = {
-    "dim": 256,              # Transformer width
-    "depth": 4,              # Transformer blocks
-    "heads": 8,
+#: Named presets: ``plugin: {preset: NAME, ...}`` starts from one (default ``lean``); any key can be overridden.
+PRESETS = {
+    # the default, designed for size: about 1% of CodeFormer's or RestoreFormer's parameters
+    "lean": {
+        "dim": "auto",                   # the host's bottleneck width / 2, a multiple of 32, at least 64
+        "depth": 4,
+        "heads": "auto",                 # dim / 32
+        "cond": "adaln_single",
+        "index_head": "similarity",
+        "common_size": 512,              # used only when the host has no codebook of its own
+        "hq_size": 512,
+        "share_host_codebook": "auto",   # the host's own codebook as the common branch, wherever it has one
+    },
+    # the first default (ablation): per-block adaLN, dense index heads, two 1024-code codebooks
+    "standard": {
+        "dim": 256,
+        "depth": 4,
+        "heads": 8,
+        "cond": "adaln",
+        "index_head": "dense",
+        "common_size": 1024,
+        "hq_size": 1024,
+        "share_host_codebook": False,
+    },
+}
+DEFAULT_PRESET = "lean"
+#: Options every preset shares.
+SHARED_OPTIONS = {
     "mlp_ratio": 2.0,
     "drop_path": 0.0,
     "grid": 16,              # token grid (gh = gw = grid) when patch is None
     "patch": None,           # or: one token per patch x patch bottleneck pixels (any H, W)
-    "cond": "adaln",         # 'adaln' or 'binned'
     "num_bins": 10,          # for cond='binned'
     "num_scores": 1,         # M: length of the score vector (several NR metrics)
-    "common_size": 1024,
-    "hq_size": 1024,
     "hq_weight": 0.8,
-    "share_host_codebook": False,  # use the host's own codebook as the common branch
     "target_score": 0.95,    # score asked for at inference when none is given
     "upsample": "bilinear",  # correction from the token grid to the bottleneck: 'bilinear' or 'pixelshuffle'
 }
+CHOICES = {"cond": ("adaln", "adaln_single", "binned"), "index_head": ("dense", "similarity"),
+           "upsample": ("bilinear", "pixelshuffle"), "share_host_codebook": (True, False, "auto")}
+
+
+def plugin_options(channels: int, has_host_codebook: bool, overrides: dict) -> dict:
+    """The full option dict of a plug-in: its preset, then ``overrides``, with the ``auto`` values resolved
+    for a host bottleneck of ``channels`` channels."""
+    overrides = dict(overrides)
+    preset = overrides.pop("preset", DEFAULT_PRESET)
+    if preset not in PRESETS:
+        raise ValueError(f"Unknown plugin preset {preset!r}; presets: {', '.join(PRESETS)}.")
+    valid = set(PRESETS[preset]) | set(SHARED_OPTIONS)
+    unknown = set(overrides) - valid
+    if unknown:
+        raise ValueError(f"Unknown plugin option(s) {sorted(unknown)}; valid options: {sorted(valid | {'preset'})}.")
+    cfg = {"preset": preset, **SHARED_OPTIONS, **PRESETS[preset], **overrides}
+    for key, allowed in CHOICES.items():
+        if cfg[key] not in allowed:
+            raise ValueError(f"plugin {key} must be one of {', '.join(map(repr, allowed))}, got {cfg[key]!r}.")
+    if cfg["dim"] == "auto":
+        cfg["dim"] = max(64, 32 * math.ceil(channels / 2 / 32))
+    if cfg["heads"] == "auto":
+        cfg["heads"] = max(1, cfg["dim"] // 32)
+    if cfg["dim"] % cfg["heads"]:
+        raise ValueError(f"plugin dim ({cfg['dim']}) must be a multiple of heads ({cfg['heads']}).")
+    if cfg["share_host_codebook"] == "auto":
+        cfg["share_host_codebook"] = has_host_codebook
+    if cfg["upsample"] == "pixelshuffle" and not cfg["patch"]:
+        raise ValueError("plugin upsample: pixelshuffle needs patch: P (each token's P x P pixels are predicted).")
+    if cfg["share_host_codebook"] and not has_host_codebook:
+        raise ValueError("plugin share_host_codebook: true, but this host has no codebook of its own.")
+    return cfg
 
 
 @dataclass
@@ -75,30 +131,42 @@ class PluginOutput:
 class Condition:
     """What the score(s) contribute, computed once per forward (and reused at inference, see
     :meth:`IQPPlugin.condition_for`): ``binned``: ``tokens`` (B, 1, dim) added to every token;
-    ``adaln``: per block ``(shift1, 1 + scale1, gate1, shift2, 1 + scale2, gate2)`` and, for the output
-    norm, ``(shift, 1 + scale)``, each (B, 1, dim)."""
+    ``adaln`` and ``adaln_single``: per block ``(shift1, 1 + scale1, gate1, shift2, 1 + scale2, gate2)`` and,
+    for the output norm, ``(shift, 1 + scale)``, each (B, 1, dim)."""
 
     tokens: torch.Tensor | None
     blocks: list[tuple[torch.Tensor, ...] | None]
     out: tuple[torch.Tensor, torch.Tensor] | None
 
 
-class QualityBlock(nn.Module):
-    """Pre-norm Transformer block; with ``adaln`` its residual branches are modulated and gated by c."""
+def split_modulation(m: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(B, 6, dim) -> ``(shift1, 1 + scale1, gate1, shift2, 1 + scale2, gate2)``, each (B, 1, dim)."""
+    shift1, scale1, gate1, shift2, scale2, gate2 = m.chunk(6, dim=1)
+    return shift1, 1 + scale1, gate1, shift2, 1 + scale2, gate2
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, drop_path: float, adaln: bool):
+
+class QualityBlock(nn.Module):
+    """Pre-norm Transformer block; with ``cond`` adaln / adaln_single its residual branches are modulated and
+    gated by the score: adaln by its own ``modulation`` layer, adaln_single by the shared layer's output plus
+    its own (6, dim) ``table``."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, drop_path: float, cond: str):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, elementwise_affine=not adaln, eps=1e-6)
+        modulated = cond in ("adaln", "adaln_single")
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=not modulated, eps=1e-6)
         self.attn = Attention(dim, num_heads=heads, qkv_bias=True)
-        self.norm2 = nn.LayerNorm(dim, elementwise_affine=not adaln, eps=1e-6)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=not modulated, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim)) if adaln else None
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim)) if cond == "adaln" else None
+        self.table = nn.Parameter(torch.zeros(6, dim)) if cond == "adaln_single" else None
 
-    def modulation_for(self, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """``(shift1, 1 + scale1, gate1, shift2, 1 + scale2, gate2)`` for the conditioning vector ``c``."""
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c).unsqueeze(1).chunk(6, dim=-1)
-        return shift1, 1 + scale1, gate1, shift2, 1 + scale2, gate2
+    def modulation_for(self, c: torch.Tensor, shared: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """The block's modulation for the conditioning vector ``c`` (adaln) or for the shared layer's
+        (B, 6, dim) output ``shared`` (adaln_single)."""
+        if self.table is not None:
+            return split_modulation(shared + self.table)
+        return split_modulation(self.modulation(c).unflatten(-1, (6, -1)))
 
     def forward(self, x: torch.Tensor, mod: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
         if mod is None:
@@ -109,6 +177,32 @@ class QualityBlock(nn.Module):
         # factor commutes with the gate)
         x = torch.addcmul(x, gate1, self.drop_path(self.attn(torch.addcmul(shift1, self.norm1(x), factor1))))
         return torch.addcmul(x, gate2, self.drop_path(self.mlp(torch.addcmul(shift2, self.norm2(x), factor2))))
+
+
+class DenseHead(nn.Linear):
+    """Index logits by a K-way linear layer (``index_head: dense``); the codes themselves are not used."""
+
+    def forward(self, h: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:  # noqa: ARG002
+        return super().forward(h)
+
+
+class SimilarityHead(nn.Module):
+    """Index logits ``-||W h - C_k||^2 / (tau * v)`` (``index_head: similarity``): ``v`` = the codebook's mean
+    squared distance to its centroid (no gradient), so the logits do not depend on the host's feature scale;
+    ``tau`` is learned, starting at 1 (a sharper start saturates the softmax, so that the straight-through
+    gradient never reaches the choice of code)."""
+
+    def __init__(self, dim: int, channels: int):
+        super().__init__()
+        self.proj = nn.Linear(dim, channels)
+        self.log_tau = nn.Parameter(torch.zeros(()))
+
+    def forward(self, h: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        p = self.proj(h)
+        codes = codes.detach().to(p.dtype)
+        spread = (codes - codes.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-8)
+        dist2 = p.pow(2).sum(-1, keepdim=True) - 2 * p @ codes.t() + codes.pow(2).sum(-1)
+        return dist2 / (-spread * self.log_tau.exp())
 
 
 class ScoreEmbedding(nn.Module):
@@ -145,38 +239,31 @@ class IQPPlugin(nn.Module):
 
     def __init__(self, channels: int, *, host_codebook=None, **overrides):
         super().__init__()
-        unknown = set(overrides) - set(DEFAULT_PLUGIN)
-        if unknown:
-            raise ValueError(f"Unknown plugin option(s) {sorted(unknown)}; valid options: {sorted(DEFAULT_PLUGIN)}.")
-        cfg = {**DEFAULT_PLUGIN, **overrides}
-        if cfg["cond"] not in ("adaln", "binned"):
-            raise ValueError(f"plugin cond must be 'adaln' or 'binned', got {cfg['cond']!r}.")
-        if cfg["upsample"] not in ("bilinear", "pixelshuffle"):
-            raise ValueError(f"plugin upsample must be 'bilinear' or 'pixelshuffle', got {cfg['upsample']!r}.")
-        if cfg["upsample"] == "pixelshuffle" and not cfg["patch"]:
-            raise ValueError("plugin upsample: pixelshuffle needs patch: P (each token's P x P pixels are predicted).")
-        if cfg["share_host_codebook"] and host_codebook is None:
-            raise ValueError("plugin share_host_codebook: true, but this host has no codebook of its own.")
-        self.cfg = cfg
-        dim = cfg["dim"]
-        adaln = cfg["cond"] == "adaln"
+        cfg = self.cfg = plugin_options(channels, host_codebook is not None, overrides)
+        dim, cond = cfg["dim"], cfg["cond"]
         self.in_norm = nn.LayerNorm(channels)
         self.in_proj = nn.Linear(channels, dim)
         self.pos = nn.Parameter(torch.zeros(1, 16 * 16, dim))
         trunc_normal_(self.pos, std=0.02)
-        if adaln:
-            self.score_embed = ScoreEmbedding(cfg["num_scores"], dim)
-        else:
+        if cond == "binned":
             self.score_embed = BinnedScoreEmbedding(cfg["num_scores"], dim, cfg["num_bins"])
+        else:
+            self.score_embed = ScoreEmbedding(cfg["num_scores"], dim)
+        self.shared_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim)) if cond == "adaln_single" else None
         self.blocks = nn.ModuleList(
-            QualityBlock(dim, cfg["heads"], cfg["mlp_ratio"], cfg["drop_path"] * i / max(cfg["depth"] - 1, 1), adaln)
+            QualityBlock(dim, cfg["heads"], cfg["mlp_ratio"], cfg["drop_path"] * i / max(cfg["depth"] - 1, 1), cond)
             for i in range(cfg["depth"]))
-        self.out_norm = nn.LayerNorm(dim, elementwise_affine=not adaln, eps=1e-6)
-        self.out_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim)) if adaln else None
+        self.out_norm = nn.LayerNorm(dim, elementwise_affine=cond == "binned", eps=1e-6)
+        self.out_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim)) if cond == "adaln" else None
+        self.out_table = nn.Parameter(torch.zeros(2, dim)) if cond == "adaln_single" else None
         self.codebook = DualCodebook(channels, cfg["common_size"], cfg["hq_size"], cfg["hq_weight"],
                                      host_codebook if cfg["share_host_codebook"] else None)
-        self.head_common = nn.Linear(dim, self.codebook.common.size)
-        self.head_hq = nn.Linear(dim, cfg["hq_size"])
+        if cfg["index_head"] == "dense":
+            self.head_common = DenseHead(dim, self.codebook.common.size)
+            self.head_hq = DenseHead(dim, cfg["hq_size"])
+        else:
+            self.head_common = SimilarityHead(dim, channels)
+            self.head_hq = SimilarityHead(dim, channels)
         self.shuffle = cfg["patch"] if cfg["upsample"] == "pixelshuffle" else 1
         self.out_conv = nn.Conv2d(channels, channels * self.shuffle ** 2, 1)
         #: code selection: 'straight_through' while training, 'hard' at eval; 'continuous' (the unquantised
@@ -193,8 +280,8 @@ class IQPPlugin(nn.Module):
                 trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        mods = [b.modulation for b in self.blocks if b.modulation is not None]
-        for mod in mods + ([self.out_modulation] if self.out_modulation is not None else []):
+        mods = [b.modulation for b in self.blocks] + [self.out_modulation, self.shared_modulation]
+        for mod in (m for m in mods if m is not None):  # adaLN-zero: the blocks start as the identity
             nn.init.zeros_(mod[-1].weight)
             nn.init.zeros_(mod[-1].bias)
         nn.init.zeros_(self.out_conv.weight)
@@ -239,10 +326,20 @@ class IQPPlugin(nn.Module):
     def condition(self, s: torch.Tensor) -> Condition:
         """The score embedding and everything computed from it alone, for (B, M) scores ``s``."""
         c = self.score_embed(s)
-        if self.out_modulation is None:  # binned: additive condition on every token
+        if self.cfg["cond"] == "binned":  # additive condition on every token
             return Condition(c.unsqueeze(1), [None] * len(self.blocks), None)
-        shift, scale = self.out_modulation(c).unsqueeze(1).chunk(2, dim=-1)
-        return Condition(None, [block.modulation_for(c) for block in self.blocks], (shift, 1 + scale))
+        if self.cfg["cond"] == "adaln":
+            shift, scale = self.out_modulation(c).unsqueeze(1).chunk(2, dim=-1)
+            return Condition(None, [block.modulation_for(c) for block in self.blocks], (shift, 1 + scale))
+        shared = self.shared_modulation(c).unflatten(-1, (6, -1))  # adaln_single (PixArt-alpha)
+        shift, scale = (self.out_table + c.unsqueeze(1)).chunk(2, dim=1)
+        return Condition(None, [block.modulation_for(c, shared) for block in self.blocks], (shift, 1 + scale))
+
+    def conditioning_parameters(self) -> list[nn.Parameter]:
+        """Every parameter that :meth:`condition` reads."""
+        tables = [self.out_table] + [block.table for block in self.blocks]
+        layers = [self.score_embed, self.out_modulation, self.shared_modulation] + [b.modulation for b in self.blocks]
+        return [t for t in tables if t is not None] + [p for m in layers if m is not None for p in m.parameters()]
 
     def condition_for(self, score, batch: int, device: torch.device) -> Condition:
         """:meth:`condition` of :meth:`scores`, reused between calls when ``cache_condition`` is set (as
@@ -257,10 +354,8 @@ class IQPPlugin(nn.Module):
                 or not (score is None or isinstance(score, (int, float)))):
             return self.condition(self.scores(score, batch, device))
         autocast = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
-        weights = [self.score_embed.parameters(), self.out_modulation.parameters() if self.out_modulation else ()]
-        weights += [block.modulation.parameters() for block in self.blocks if block.modulation is not None]
         score = self.cfg["target_score"] if score is None else score
-        key = (score, batch, device, autocast, tuple((p.data_ptr(), p._version) for ps in weights for p in ps))
+        key = (score, batch, device, autocast, tuple((p.data_ptr(), p._version) for p in self.conditioning_parameters()))
         cached = self._condition_cache
         if cached is None or cached[0] != key:
             cached = self._condition_cache = (key, self.condition(self.scores(score, batch, device)))
@@ -283,7 +378,7 @@ class IQPPlugin(nn.Module):
         x = self.out_norm(x)
         if cond.out is not None:
             x = torch.addcmul(cond.out[0], x, cond.out[1])
-        return self.head_common(x), self.head_hq(x), grid
+        return (self.head_common(x, self.codebook.common.weight), self.head_hq(x, self.codebook.hq.weight), grid)
 
     def forward(self, feat: torch.Tensor, z: torch.Tensor, score=None) -> PluginOutput:
         """Predict codes from ``feat`` and return the decoder input ``z' = z + U(W_o (q - P(z)))``."""

@@ -1,13 +1,20 @@
-"""The Image Quality Prior: NR-IQA metrics, their scores on a [0,1] higher-is-better scale, and the quality loss.
+"""The Image Quality Prior: NR-IQA metrics and their scores on a [0,1] higher-is-better scale.
 
 A prior is a list of pyiqa no-reference metrics with weights. Each raw score is mapped to [0,1]
 (1 = best, whatever the metric's direction) by min-max over the scored dataset (the IQPIR
 authors' recipe) or by pyiqa's nominal score range, then averaged with the weights into one
-``score``. The constants are kept in a JSON sidecar so new images land on the same scale.
+``score``. The constants are kept in a JSON sidecar so new images land on the same scale. The loss built
+from a prior is :class:`iqp_plugin.losses.QualityLoss`.
+
+Nothing here imports pyiqa until a metric is created: metric names, directions and ranges come from
+pyiqa's own configuration table, read from its file (:func:`pyiqa_configs`), so that ``iqp score`` starts
+without pyiqa's imports (torchvision and more).
 """
 from __future__ import annotations
 
 import difflib
+import functools
+import importlib.util
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -16,9 +23,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-
-from iqp_plugin import _compat  # noqa: F401  (before basicsr)
-from basicsr.utils.registry import LOSS_REGISTRY
 
 from iqp_plugin.files import write_atomic
 from iqp_plugin.offline_metrics import create_metric
@@ -35,17 +39,24 @@ DEFAULT_PRIOR = "offline"
 _NOT_PER_IMAGE = {"fid", "fid_dinov2", "sfid", "inception_score", "clipscore"}
 
 
+@functools.cache
+def pyiqa_configs() -> dict[str, dict]:
+    """pyiqa's table of metric configurations (``pyiqa.default_model_configs.DEFAULT_CONFIGS``, which
+    ``pyiqa.list_models`` filters), read from its file without importing the pyiqa package."""
+    spec = importlib.util.find_spec("pyiqa")
+    path = Path(spec.submodule_search_locations[0]) / "default_model_configs.py"
+    module = importlib.util.module_from_spec(importlib.util.spec_from_file_location("_pyiqa_default_configs", path))
+    module.__spec__.loader.exec_module(module)
+    return module.DEFAULT_CONFIGS
+
+
 def nr_metrics() -> list[str]:
     """pyiqa's no-reference metrics that score a single image."""
-    import pyiqa
-
-    return [m for m in pyiqa.list_models(metric_mode="NR") if m not in _NOT_PER_IMAGE]
+    return sorted(m for m, c in pyiqa_configs().items() if c["metric_mode"] == "NR" and m not in _NOT_PER_IMAGE)
 
 
 def _config(name: str) -> dict:
-    from pyiqa.default_model_configs import DEFAULT_CONFIGS
-
-    return DEFAULT_CONFIGS[name]
+    return pyiqa_configs()[name]
 
 
 @dataclass(frozen=True)
@@ -60,10 +71,17 @@ class Prior:
         return tuple(bool(_config(m).get("lower_better", False)) for m in self.metrics)
 
     def create_metrics(self, device="cpu", as_loss: bool = False) -> dict[str, nn.Module]:
-        """One frozen pyiqa metric module per metric, created without downloads."""
+        """One frozen metric module per metric, created without downloads: pyiqa's, except NIQE for scoring on
+        the CPU, which is :class:`iqp_plugin.niqe.NIQE` (pyiqa's numbers within 1e-8, several times faster
+        and without importing pyiqa; no gradient, so losses keep pyiqa's)."""
         modules = {}
         for name in self.metrics:
-            module = create_metric(name, as_loss=as_loss, device=torch.device(device))
+            if name == "niqe" and not as_loss and torch.device(device).type == "cpu":
+                from iqp_plugin.niqe import NIQE
+
+                module = NIQE()
+            else:
+                module = create_metric(name, as_loss=as_loss, device=torch.device(device))
             modules[name] = module.eval().requires_grad_(False)
         return modules
 
@@ -156,33 +174,3 @@ class Normalizer:
         d = json.loads(Path(path).read_text())
         prior = Prior(tuple(d["metrics"]), tuple(d["weights"]))
         return cls(prior, {m: tuple(r) for m, r in d["ranges"].items()}, d["norm"])
-
-
-@LOSS_REGISTRY.register()
-class QualityLoss(nn.Module):
-    """Differentiable NR-IQA loss to minimise: sum of weight * (+score if lower is better else -score).
-
-    ``metrics``/``weights`` as in ``create_prior`` (weights normalised to sum 1). ``image_range`` is the
-    range of the network output; it is mapped to the [0,1] pyiqa expects. The metric modules are
-    frozen and stay in eval mode.
-    """
-
-    def __init__(self, metrics: str | Sequence[str] = DEFAULT_PRIOR, weights: Sequence[float] | None = None,
-                 image_range: Sequence[float] = (0.0, 1.0), loss_weight: float = 1.0):
-        super().__init__()
-        self.prior = create_prior(metrics, weights)
-        self.image_range = (float(image_range[0]), float(image_range[1]))
-        self.loss_weight = loss_weight
-        self.metrics = nn.ModuleList(self.prior.create_metrics("cpu", as_loss=True).values())
-        self.signs = [1.0 if lb else -1.0 for lb in self.prior.lower_better]
-
-    def train(self, mode: bool = True) -> QualityLoss:
-        super().train(mode)
-        self.metrics.eval()
-        return self
-
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
-        lo, hi = self.image_range
-        x = ((img - lo) / (hi - lo)).clamp(0, 1)
-        loss = sum(w * s * m(x) for m, w, s in zip(self.metrics, self.prior.weights, self.signs))
-        return self.loss_weight * loss

@@ -27,7 +27,6 @@ image (no face, faces too small, how many), and a photo without a face is writte
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -35,35 +34,21 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from iqp_plugin import parsers
 from iqp_plugin.inference import (
     Picture,
-    add_model_args,
-    add_tile_args,
     check_tile_args,
     find_images,
+    host_kwargs,
     load_from_args,
     read_picture,
     run_batch,
     write_picture,
 )
 from iqp_plugin.cli import writing
-from iqp_plugin.faces import add_face_args, check_face_args, photo_restorer_from_args
+from iqp_plugin.faces import check_face_args, photo_restorer_from_args
 from iqp_plugin.files import IMAGE_SUFFIXES, check_writable
 
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="iqp restore", description=__doc__.split("\n")[0])
-    p.add_argument("-i", "--input", required=True, help="image file or folder (searched recursively)")
-    p.add_argument("-o", "--output", required=True, help="output folder (or image path for a single file)")
-    add_model_args(p)
-    p.add_argument("--score", type=float, help="quality asked of the plug-in, in [0, 1] (default: its target)")
-    p.add_argument("--w", type=float, help="CodeFormer's fidelity weight (0: quality .. 1: fidelity)")
-    add_tile_args(p)
-    add_face_args(p)
-    p.add_argument("--batch", type=int, default=1,
-                   help="images of the same size restored together (with --faces: faces of one photo)")
-    p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
-    return p.parse_args(argv)
 
 
 def output_paths(src: str, dst: str) -> list[tuple[Path, Path]]:
@@ -89,7 +74,7 @@ def output_paths(src: str, dst: str) -> list[tuple[Path, Path]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    args = parsers.restore().parse_args(argv)
     if args.score is not None and not 0.0 <= args.score <= 1.0:
         raise ValueError(f"--score must lie in [0, 1] (a normalised quality score), got {args.score}")
     if args.batch < 1:
@@ -102,14 +87,10 @@ def main(argv: list[str] | None = None) -> None:
     wrapper = load_from_args(args)
     if args.score is not None and wrapper.plugin is None:
         raise ValueError("--score needs a plug-in (--plugin F or a plugin block in the config)")
-    host_kwargs = {}
-    if args.w is not None:
-        if wrapper.adapter.name != "codeformer":
-            raise ValueError(f"--w is CodeFormer's fidelity weight; this host is {type(wrapper.host).__name__}")
-        host_kwargs["w"] = args.w
+    kwargs = host_kwargs(wrapper, w=args.w)
     if args.tile and wrapper.adapter.input_size and not args.faces:
         raise ValueError(f"--tile does not apply to {type(wrapper.host).__name__}, which takes whole aligned faces")
-    photos = photo_restorer_from_args(args, wrapper, detector, **host_kwargs) if args.faces else None
+    photos = photo_restorer_from_args(args, wrapper, detector, **kwargs) if args.faces else None
 
     start = time.perf_counter()
     counts = {"done": 0, "skipped": 0, "failed": 0, "faces": 0, "faceless": 0}
@@ -119,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         if not pending:
             return
         out = run_batch(wrapper, np.stack([pic.rgb for _, pic in pending]), args.score, args.tile,
-                        args.tile_overlap, tile_above=args.tile_above, **host_kwargs)
+                        args.tile_overlap, tile_above=args.tile_above, **kwargs)
         for (dst, pic), rgb in zip(pending, out):
             write_picture(dst, Picture(rgb, pic.alpha, pic.gray, pic.bits))
             counts["done"] += 1

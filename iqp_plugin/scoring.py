@@ -29,7 +29,6 @@ file and line.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -44,20 +43,18 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from iqp_plugin import parsers
 from iqp_plugin.cli import writing
 from iqp_plugin.exif import exif_orientation, upright
 from iqp_plugin.files import IMAGE_SUFFIXES, check_writable, image_files, write_atomic
 from iqp_plugin.quality import DEFAULT_PRIOR, Normalizer, Prior, create_prior
+from iqp_plugin.score_files import load_normalizer, number, read_sidecar, sidecar_path
 
 _NOTES = {
     "alpha": "images with an alpha channel: alpha ignored, RGB scored",
     "grayscale": "grayscale images: scored as RGB with three equal channels",
     "16-bit": "16-bit images: scored as float RGB at full precision",
 }
-#: Keys every sidecar has: a .json at the sidecar's path without them is someone else's file.
-_SIDECAR_KEYS = {"metrics", "weights", "lower_better", "norm", "ranges"}
-
-
 @dataclass(frozen=True)
 class Item:
     name: str  # path relative to its input root, posix separators
@@ -71,11 +68,6 @@ class Record:
     raw: dict[str, float] | None
     error: str = ""
     file: str | None = None
-
-
-def sidecar_path(csv_path: str | Path) -> Path:
-    """The JSON with the normalisation constants beside a scores CSV."""
-    return Path(csv_path).with_suffix(".json")
 
 
 def output_csv(out: str | Path) -> Path:
@@ -94,21 +86,6 @@ def file_signature(path: Path) -> str:
     """Inode, size and modification time of a file: a scored image whose signature changed is scored anew."""
     st = path.stat()
     return f"{st.st_ino}-{st.st_size}-{st.st_mtime_ns}"
-
-
-def read_sidecar(path: str | Path) -> dict:
-    """The sidecar at ``path`` ({} when there is none); ValueError when the file there is not one of ours."""
-    path = Path(path)
-    if not path.exists():
-        return {}
-    try:
-        side = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError):
-        side = None
-    if not isinstance(side, dict) or not _SIDECAR_KEYS <= set(side):
-        raise ValueError(f"{path} exists and is not an iqp score sidecar; move it away or choose another -o "
-                         "(the sidecar is the CSV's name with .json)")
-    return side
 
 
 def list_images(roots: list[str | Path]) -> list[Item]:
@@ -152,15 +129,6 @@ def score_batch(modules: dict[str, torch.nn.Module], x: torch.Tensor) -> list[di
     return [{name: columns[name][i] for name in modules} for i in range(x.shape[0])]
 
 
-def _number(text: str, path: str | Path, line: int, name: str, column: str) -> float:
-    """``text`` as a float; ValueError naming the file, line, image and column when it is not a number."""
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"{path} line {line} ({name}): {column} {text!r} is not a number; correct or delete "
-                         "that row, or score the folder again (--replace)") from None
-
-
 def _read_records(path: Path, metrics: tuple[str, ...], files: dict[str, str] | None = None) -> dict[str, Record]:
     """{name: Record} of a final CSV (file signatures from the sidecar's ``files``) or of a partial CSV, a
     later row of a name winning; rows cut short by an interruption are skipped."""
@@ -182,7 +150,7 @@ def _read_records(path: Path, metrics: tuple[str, ...], files: dict[str, str] | 
             if partial and row[n + 1]:
                 records[name] = Record(None, row[n + 1], file)
             else:
-                raw = {m: _number(v, path, reader.line_num, name, m) for m, v in zip(metrics, row[1:n + 1])}
+                raw = {m: number(v, path, reader.line_num, name, m) for m, v in zip(metrics, row[1:n + 1])}
                 records[name] = Record(raw, "", file)
     return records
 
@@ -293,9 +261,11 @@ def _score_items(items: list[Item], prior: Prior, partial: Path, batch: int, dev
             flush(pending)
 
 
-def _merge(items: list[Item], prior: Prior, out: Path, norm: str, replace: bool) -> dict:
+def _merge(items: list[Item], prior: Prior, out: Path, norm: str, replace: bool,
+           normalizer: Normalizer | None = None) -> dict:
     """Write the final CSV and sidecar from the earlier rows (unless ``replace``) and all partial files; remove
-    the partials. Returns the rows now in the CSV and the failures among ``items``."""
+    the partials. The ``score`` column is normalised by ``normalizer``, or by one fitted to the rows (``norm``).
+    Returns the rows now in the CSV and the failures among ``items``."""
     records = _records(out, prior.metrics, replace)
     for it in items:
         records.setdefault(it.name, Record(None, "not scored"))
@@ -304,7 +274,7 @@ def _merge(items: list[Item], prior: Prior, out: Path, norm: str, replace: bool)
         name, record = min(records.items())
         raise ValueError(f"none of the {len(records)} images could be scored with {', '.join(prior.metrics)}, "
                          f"e.g. {name} ({record.error})")
-    normalizer = Normalizer.fit(prior, {m: [r.raw[m] for r in scored.values()] for m in prior.metrics}, norm)
+    normalizer = normalizer or Normalizer.fit(prior, {m: [r.raw[m] for r in scored.values()] for m in prior.metrics}, norm)
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["imagename", *prior.metrics, "score"])
@@ -322,16 +292,17 @@ def _merge(items: list[Item], prior: Prior, out: Path, norm: str, replace: bool)
 
 def score_folders(roots: list[str | Path], out: str | Path, prior: Prior | None = None, batch: int = 16,
                   device: str = "auto", norm: str = "minmax", progress: bool = True,
-                  replace: bool = False) -> dict | None:
+                  replace: bool = False, normalizer: Normalizer | None = None) -> dict | None:
     """Score the images under ``roots`` into the CSV ``out`` (see :func:`output_csv`), merged with its rows
-    unless ``replace``, resuming a partial run; see the module doc.
+    unless ``replace``, resuming a partial run; see the module doc. With ``normalizer`` (from another run's
+    sidecar, :func:`load_normalizer`) the scores land on that run's scale and its prior is used.
 
     Under torchrun each rank scores its shard; rank 0 merges and returns {'scored': rows in the CSV,
     'failed': {name: error} of this run's images}; the other ranks return None.
     """
     import torch.distributed as dist
 
-    prior = prior or create_prior(DEFAULT_PRIOR)
+    prior = normalizer.prior if normalizer is not None else prior or create_prior(DEFAULT_PRIOR)
     out = output_csv(out)
     check_writable(out)
     check_writable(sidecar_path(out), given=out)
@@ -353,35 +324,13 @@ def score_folders(roots: list[str | Path], out: str | Path, prior: Prior | None 
             _score_items(todo, prior, partial, batch, _device(device), progress and rank == 0)
         if world > 1:
             dist.barrier()
-        merged = _merge(items, prior, out, norm, replace) if rank == 0 else None
+        merged = _merge(items, prior, out, norm, replace, normalizer) if rank == 0 else None
         if world > 1:
             dist.barrier()  # leave together: a rank that exits while rank 0 merges can make gloo abort it
         return merged
     finally:
         if owned:
             dist.destroy_process_group()
-
-
-def load_scores(csv_path: str | Path) -> dict[str, float]:
-    """{imagename: score} from a scores CSV, for datasets that condition on the prior; ValueError naming the
-    file when a column is missing, and the line when a score is not a number."""
-    with open(csv_path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = sorted({"imagename", "score"} - set(reader.fieldnames or ()))
-        if missing:
-            raise ValueError(f"{csv_path} needs the columns 'imagename' and 'score' (no {', '.join(missing)})")
-        return {row["imagename"]: _number(row["score"], csv_path, reader.line_num, row["imagename"], "score")
-                for row in reader}
-
-
-def failed_images(csv_path: str | Path) -> dict[str, str]:
-    """{imagename: reason} of the images that could not be scored, from the sidecar of a scores CSV; {} when
-    there is no sidecar of ours."""
-    try:
-        side = read_sidecar(sidecar_path(csv_path))
-    except ValueError:
-        return {}
-    return {f["imagename"]: f["error"] for f in side.get("failed", [])}
 
 
 def summarize(csv_path: str | Path, top: float = 20.0) -> dict:
@@ -397,7 +346,7 @@ def summarize(csv_path: str | Path, top: float = 20.0) -> dict:
     if not rows:
         raise ValueError(f"{csv_path} has no scored images")
     columns = [c for c in rows[0] if c != "imagename"]
-    values = {c: np.array([_number(r[c], csv_path, i + 2, r["imagename"], c) for i, r in enumerate(rows)])
+    values = {c: np.array([number(r[c], csv_path, i + 2, r["imagename"], c) for i, r in enumerate(rows)])
               for c in columns}
     score = values["score"]
     threshold = float(np.quantile(score, 1 - top / 100))
@@ -448,22 +397,7 @@ def markdown(summary: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="iqp score", description=__doc__.split("\n\n")[0])
-    p.add_argument("-i", "--input", action="append", help="image folder (repeatable; searched recursively)")
-    p.add_argument("-o", "--output", help="scores CSV; an existing folder or a path ending in / means "
-                   "FOLDER/scores.csv. An existing CSV is merged with (its rows kept, new and changed images "
-                   "scored); an interrupted run resumes from its partial files")
-    p.add_argument("--replace", action="store_true",
-                   help="drop the CSV's earlier rows: it then holds only the images of this run")
-    p.add_argument("--metrics", default=DEFAULT_PRIOR,
-                   help=f"named prior or comma list of pyiqa NR metrics (default: {DEFAULT_PRIOR} = niqe)")
-    p.add_argument("--weights", help="comma list of weights, one per metric (default: equal)")
-    p.add_argument("--batch", type=int, default=16, help="images per batch (only same-size images share one)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--norm", choices=("minmax", "fixed"), default="minmax",
-                   help="map raw scores to [0,1] by the dataset's min-max or by pyiqa's nominal range")
-    p.add_argument("--summary", metavar="CSV", help="summarise a scores CSV instead of scoring")
-    p.add_argument("--top", type=float, default=20.0, help="percent of images above the HQ threshold")
+    p = parsers.score()
     args = p.parse_args(argv)
     if args.summary:
         print(markdown(summarize(args.summary, args.top)))
@@ -471,8 +405,14 @@ def main(argv: list[str] | None = None) -> None:
     if not args.input or not args.output:
         p.error("scoring needs -i DIR and -o CSV (or --summary CSV)")
     weights = [float(w) for w in args.weights.split(",")] if args.weights else None
-    result = score_folders(args.input, args.output, create_prior(args.metrics, weights), max(1, args.batch),
-                           args.device, args.norm, replace=args.replace)
+    normalizer = load_normalizer(args.normalizer) if args.normalizer else None
+    prior = create_prior(args.metrics, weights)
+    if normalizer is not None and (args.metrics != "offline" or weights) and prior != normalizer.prior:
+        raise ValueError(f"--metrics/--weights give {dict(zip(prior.metrics, prior.weights))}, but the --normalizer "
+                         f"sidecar was made with {dict(zip(normalizer.prior.metrics, normalizer.prior.weights))}: "
+                         "leave --metrics out to score with the sidecar's")
+    result = score_folders(args.input, args.output, prior, max(1, args.batch), args.device, args.norm,
+                           replace=args.replace, normalizer=normalizer)
     if result is not None:
         out = output_csv(args.output)
         print(f"{result['scored']} images scored in {out} (constants in {sidecar_path(out)})")

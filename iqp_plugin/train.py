@@ -10,12 +10,11 @@ Run as a module or as ``iqp train``, errors end in one line (exit code 2) and Ct
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
-import iqp_plugin  # noqa: F401  (registers the project's archs, models and datasets)
-from iqp_plugin import basicsr_cpu
+import iqp_plugin  # noqa: F401  (registers the project in BasicSR; `iqp train` registers before importing this)
+from iqp_plugin import basicsr_cpu, parsers
 from iqp_plugin.cli import writing
 from iqp_plugin.options import read_yaml
 from iqp_plugin.registry import check_option_types
@@ -34,9 +33,7 @@ def read_options(path: str) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("-opt", required=True)
-    known, _ = pre.parse_known_args(argv)
+    known = parsers.train().parse_args(argv)
     opt = read_options(known.opt)
     check_option_types(opt)
     writing(os.path.join(os.getcwd(), "experiments", opt["name"]))

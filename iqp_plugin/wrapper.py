@@ -6,7 +6,7 @@
       host_checkpoint: weights/host.pth                      # params_ema / params / state_dict / safetensors
       adapter: null                                          # chosen from the host type, or 'hook'
       adapter_opt: {}                                        # e.g. {at: conv_after_body} for 'hook'
-      plugin: {}                                             # null: bare host; {}: defaults (DEFAULT_PLUGIN)
+      plugin: {}                                             # null: bare host; {}: the lean preset (plugin.PRESETS)
       recompute_decoder: true                                # training: recompute host decoder activations
 
 ``host: auto`` reads the host from ``host_checkpoint`` alone: spandrel detects the architecture and its

@@ -1,4 +1,4 @@
-"""benchmarks/overhead.py runs end to end at the tiny budget and writes well-formed results (no timing asserts)."""
+"""benchmarks/overhead.py and startup.py run end to end at tiny sizes and write well-formed results (no timing asserts)."""
 import json
 import math
 import subprocess
@@ -18,7 +18,7 @@ def test_overhead_tiny_writes_json_and_markdown(tmp_path):
     assert data["meta"]["budget"] == "tiny" and data["meta"]["device"] == "cpu"
     assert set(data["results"]) == {"restoreformer", "swinir"}
     for host, res in data["results"].items():
-        cases = {"host", "plugin", "plugin_shared"} if host == "restoreformer" else {"host", "plugin"}
+        cases = {"host", "plugin", "plugin_standard"}  # plugin_graphed: CUDA only
         assert set(res["inference"]["variants"]) == cases
         stored = {"plugin_stored"} if host == "restoreformer" else set()  # hosts with recomputable decoder blocks
         assert set(res["training"]["variants"]) == (cases - {"host"}) | {"full"} | stored
@@ -37,3 +37,18 @@ def test_overhead_tiny_writes_json_and_markdown(tmp_path):
 
     markdown = (out / "overhead.md").read_text()
     assert "## Inference" in markdown and "## Targets" in markdown and "| swinir |" in markdown
+
+
+def test_startup_benchmark_compares_the_same_metric(tmp_path):
+    """Both scorers of the start-up benchmark compute NIQE with pyiqa's defaults: their means agree."""
+    from benchmarks import startup
+    from iqp_plugin.sample_data import write_crops
+
+    write_crops(tmp_path / "images", count=4, size=128)
+    data = startup.main(["--data", str(tmp_path / "images"), "--count", "4", "--repeats", "1",
+                         "--out", str(tmp_path / "out")])
+    assert set(data["median_s"]) == {"iqp --help", "iqp score (argument error)", "iqp score", "pyiqa niqe -t DIR",
+                                     "import iqp_plugin"}
+    assert abs(data["mean_niqe"]["iqp score"] - data["mean_niqe"]["pyiqa"]) < 1e-6
+    assert [t["target"].split(" (")[0] for t in data["targets"]][:1] == ["iqp --help"]
+    assert "| iqp score |" in (tmp_path / "out" / "startup.md").read_text()

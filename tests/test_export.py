@@ -14,7 +14,7 @@ from iqp_plugin import IQPWrapper
 from iqp_plugin.cli import run
 from iqp_plugin.export import _adaptive_avg_pool, _window_reverse, export
 from iqp_plugin.export import main as export_main
-from iqp_plugin.model import file_sha256
+from iqp_plugin.checkpoint import file_sha256
 from tests.conftest import TINY_PLUGIN, TINY_SWINIR
 
 #: RestoreFormer with a 16x16 code grid at 64 x 64 (its fixed face size), as configs/tiny
@@ -25,16 +25,18 @@ TOL = 1e-4  # max |onnxruntime - torch| in the host's image range
 
 
 def trained_like(host: dict, plugin: dict) -> IQPWrapper:
-    """A random wrapper whose zero-initialised output conv is opened and, with adaLN, whose score path
-    (embedding, modulations) is strengthened, so that the plug-in changes the output and the score changes it."""
+    """A random wrapper whose zero-initialised output conv is opened and whose score path (embedding,
+    modulations) is strengthened, so that the plug-in changes the output and the score changes it."""
     torch.manual_seed(0)
     wrapper = IQPWrapper(host=host, plugin=plugin).eval()
     p = wrapper.plugin
     torch.nn.init.normal_(p.out_conv.weight, std=0.1)
-    if p.out_modulation is not None:
-        for layer in [p.score_embed.mlp.fc1, p.score_embed.mlp.fc2, p.out_modulation[-1],
-                      *(b.modulation[-1] for b in p.blocks)]:
-            torch.nn.init.normal_(layer.weight, std=0.5)
+    if p.cfg["cond"] == "binned":
+        torch.nn.init.normal_(p.score_embed.tables, std=0.5)
+        return wrapper
+    layers = [p.out_modulation, p.shared_modulation] + [b.modulation for b in p.blocks]
+    for layer in [p.score_embed.mlp.fc1, p.score_embed.mlp.fc2] + [m[-1] for m in layers if m is not None]:
+        torch.nn.init.normal_(layer.weight, std=0.5)
     return wrapper
 
 

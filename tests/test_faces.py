@@ -12,7 +12,7 @@ import yaml
 from iqp_plugin import faces
 from iqp_plugin.cli import run
 from iqp_plugin.compare import main as compare_main
-from iqp_plugin.model import file_sha256
+from iqp_plugin.checkpoint import file_sha256
 from iqp_plugin.restore import main as restore_main
 from tests.test_export import TINY_RF, TINY_RF_PLUGIN, trained_like
 from tests.test_restore import make_model

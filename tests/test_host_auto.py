@@ -15,9 +15,9 @@ from basicsr.models import build_model
 from iqp_plugin import IQPWrapper
 from iqp_plugin.checkpoint import CheckpointError
 from iqp_plugin.cli import run
-from iqp_plugin.compare import parse_args as compare_args
+from iqp_plugin.parsers import compare as compare_parser
 from iqp_plugin.inference import load_wrapper, wrapper_options
-from iqp_plugin.model import file_sha256
+from iqp_plugin.checkpoint import file_sha256
 from iqp_plugin.registry import build_arch
 from iqp_plugin.restore import main as restore_main
 from tests.conftest import REPO, TINY_PLUGIN
@@ -265,7 +265,7 @@ def test_plugin_on_another_host_file_fails_unless_allowed(trained, tmp_path, cap
         load_wrapper({"host": "auto", "host_checkpoint": other}, plugin)
     with pytest.warns(UserWarning, match="trained on host weights"):
         load_wrapper({"host": "auto", "host_checkpoint": other}, plugin, allow_host_mismatch=True)
-    assert compare_args(["-i", "a", "-o", "b", "--host", other, "--allow-host-mismatch"]).allow_host_mismatch
+    assert compare_parser().parse_args(["-i", "a", "-o", "b", "--host", other, "--allow-host-mismatch"]).allow_host_mismatch
 
 
 @pytest.mark.parametrize("other", ["architecture", "width"])

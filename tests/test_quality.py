@@ -10,7 +10,8 @@ import skimage.data
 import torch
 from basicsr.utils.registry import LOSS_REGISTRY
 from iqp_plugin import offline_metrics as om
-from iqp_plugin.quality import Normalizer, QualityLoss, create_prior
+from iqp_plugin.losses import QualityLoss
+from iqp_plugin.quality import Normalizer, create_prior
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ import yaml
 from iqp_plugin import IQPWrapper
 from iqp_plugin.cli import run
 from iqp_plugin.compare import main as compare_main
-from iqp_plugin.model import file_sha256
+from iqp_plugin.checkpoint import file_sha256
 from tests import browser
 from tests.conftest import TINY_PLUGIN, TINY_SWINIR
 from tests.test_restore import rand_img

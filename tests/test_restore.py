@@ -13,7 +13,7 @@ from PIL import ExifTags, Image, ImageOps
 
 from iqp_plugin import IQPWrapper, compare, datasets, exif, inference, restore, scoring
 from iqp_plugin.cli import run
-from iqp_plugin.model import file_sha256
+from iqp_plugin.checkpoint import file_sha256
 from iqp_plugin.restore import main as restore_main
 from tests.conftest import TINY_PLUGIN, TINY_SWINIR
 
@@ -185,7 +185,7 @@ def test_unreadable_inputs_are_value_errors(tmp_path):
     ("score", "--score must lie in [0, 1]"),
     ("host_arch", "does not fit SwinIR"),
     ("plugin_arch", "does not fit the plug-in"),
-    ("w", "--w is CodeFormer's fidelity weight"),
+    ("w", "--w is not an option of this host, SwinIR; it takes no host option"),
     ("untrained", "names no trained one"),
     ("option", "IQPWrapper has no option 'host_chekpoint' (did you mean: host_checkpoint?)"),
 ])

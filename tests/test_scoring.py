@@ -3,6 +3,7 @@ CPU, no downloads."""
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -16,7 +17,7 @@ import skimage.data
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from iqp_plugin import scoring
+from iqp_plugin import score_files, scoring
 from iqp_plugin.quality import Normalizer, Prior, create_prior
 
 
@@ -61,7 +62,7 @@ def test_score_csv_sidecar_and_rescore(images, tmp_path):
     assert [r["imagename"] for r in rows] == sorted(["img0.png", "img1.jpg", "img2.jpg", "img3.png", "sub/img4.jpg",
                                                      "img5.jpg", "img6.png", "img7.jpg", "img8.jpg"])
     assert list(rows[0]) == ["imagename", "niqe", "piqe", "score"]
-    scores = scoring.load_scores(out)
+    scores = score_files.load_scores(out)
     assert min(scores.values()) >= 0 and max(scores.values()) <= 1 and len(set(scores.values())) == 9
     assert not list(tmp_path.glob("*partial*"))
     sidecar = json.loads(scoring.sidecar_path(out).read_text())
@@ -99,7 +100,7 @@ def test_corrupt_rgba_gray_16bit(images, tmp_path):
     assert sum("broken.png: cannot read" in m for m in messages) == 1
     assert sum("alpha channel" in m for m in messages) == 1 and sum("16-bit" in m for m in messages) == 1
     assert result["scored"] == 12 and list(result["failed"]) == ["broken.png"]
-    names = scoring.load_scores(out)
+    names = score_files.load_scores(out)
     assert "broken.png" not in names and {"rgba.png", "gray.png", "deep.png"} <= set(names)
     assert json.loads(scoring.sidecar_path(out).read_text())["failed"][0]["imagename"] == "broken.png"
     summary = scoring.summarize(out, top=25)
@@ -165,7 +166,7 @@ def test_summary_and_cli(images, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "| piqe |" in text and "| score |" in text and "top 20%" in text
     summary = json.loads((tmp_path / "scores_summary.json").read_text())
-    scores = sorted(scoring.load_scores(out).values())
+    scores = sorted(score_files.load_scores(out).values())
     assert summary["hq_threshold"] == pytest.approx(float(np.quantile(scores, 0.8)))
     assert summary["hq_count"] == 2 and summary["stats"]["piqe"]["min"] <= summary["stats"]["piqe"]["max"]
     for png in summary["histograms"].values():
@@ -219,7 +220,7 @@ def test_scoring_another_folder_merges(tmp_path, fast_metric):
     scoring.main(["-i", str(b), "-o", str(out)])
     assert fast_metric["computed"] == [10, 20, 30, 40, 50]
     assert raw_scores(out) == {"x.png": 10, "y.png": 30, "z.png": 50}
-    assert sorted(scoring.load_scores(out).values()) == [0.0, 0.5, 1.0]  # normalised over all rows
+    assert sorted(score_files.load_scores(out).values()) == [0.0, 0.5, 1.0]  # normalised over all rows
 
     scoring.main(["-i", str(a), "-o", str(out), "--replace"])
     assert raw_scores(out) == {"x.png": 10, "y.png": 20}
@@ -382,3 +383,34 @@ def test_broken_symlinks_are_named_in_a_warning(tmp_path, lister):
              "inference": lambda: [name for name, _ in inference.find_images(root)]}[lister]
     with pytest.warns(UserWarning, match=f"1 broken symbolic link skipped: {root / 'gone.png'} -> {tmp_path / 'moved.png'}"):
         assert names() == ["x.png"]
+
+
+def test_normalizer_sidecar_puts_a_second_folder_on_the_same_scale(images, tmp_path):
+    """Scores of new images made with the training set's sidecar (--normalizer) are on the training set's scale:
+    an image in both runs gets the same score, though the second folder alone would span [0, 1] by itself."""
+    from iqp_plugin.cli import run
+
+    train_csv, new_csv, alone_csv = tmp_path / "train.csv", tmp_path / "new.csv", tmp_path / "alone.csv"
+    scoring.score_folders([images[0]], train_csv, create_prior("offline+piqe"), batch=4, progress=False)
+    run(scoring.main, ["-i", str(images[1]), "-o", str(new_csv), "--normalizer", str(scoring.sidecar_path(train_csv))])
+    scoring.score_folders([images[1]], alone_csv, create_prior("offline+piqe"), batch=4, progress=False)
+    norm = Normalizer.load(scoring.sidecar_path(train_csv))
+    new, alone = read_csv(new_csv), read_csv(alone_csv)
+    assert list(new[0]) == ["imagename", "niqe", "piqe", "score"]  # the sidecar's prior, not --metrics' default
+    for row in new:
+        raw = {"niqe": float(row["niqe"]), "piqe": float(row["piqe"])}
+        assert float(row["score"]) == pytest.approx(norm(raw), abs=1e-12)
+    assert json.loads(scoring.sidecar_path(new_csv).read_text())["ranges"] == \
+        json.loads(scoring.sidecar_path(train_csv).read_text())["ranges"]
+    assert sorted(float(r["score"]) for r in alone) != sorted(float(r["score"]) for r in new)  # min-max differs
+
+    # a shared image: scored again into the new run, it keeps its training-set score
+    shutil.copy(images[0] / "img1.jpg", images[1] / "img1.jpg")
+    run(scoring.main, ["-i", str(images[1]), "-o", str(new_csv), "--normalizer", str(scoring.sidecar_path(train_csv))])
+    assert score_files.load_scores(new_csv)["img1.jpg"] == pytest.approx(score_files.load_scores(train_csv)["img1.jpg"], abs=1e-9)
+
+    with pytest.raises(SystemExit):  # a missing sidecar, or --metrics that contradict it: one line, exit 2
+        run(scoring.main, ["-i", str(images[1]), "-o", str(new_csv), "--normalizer", str(tmp_path / "none.json")])
+    with pytest.raises(SystemExit):
+        run(scoring.main, ["-i", str(images[1]), "-o", str(new_csv), "--metrics", "niqe",
+                           "--normalizer", str(scoring.sidecar_path(train_csv))])
