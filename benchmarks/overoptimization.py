@@ -34,6 +34,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: idle OpenMP
 import torch  # noqa: E402
 
 from benchmarks import quality as q  # noqa: E402
+from iqp_plugin.evaluation import summary  # noqa: E402
 from benchmarks.common import markdown_table, write_results  # noqa: E402
 from iqp_plugin.inference import load_wrapper, resolve_device  # noqa: E402
 
@@ -147,11 +148,11 @@ def main(argv: list[str] | None = None) -> dict:
     first = {mode: evaluate(work, stage2, mode, samples, nr, device) for mode in MODES}
     curves, last = {}, {}
     for mode, latest in runs.items():
-        curves[mode] = [{"iter": 0, **{m: q.summary(v)["mean"] for m, v in first[mode].items()}}]
+        curves[mode] = [{"iter": 0, **{m: summary(v)["mean"] for m, v in first[mode].items()}}]
         for it in range(budget["every"], budget["iters"] + 1, budget["every"]):
             q.log(f"evaluating {mode} @ {it}")
             last[mode] = evaluate(work, latest.with_name(f"net_g_{it}.pth"), mode, samples, nr, device)
-            curves[mode].append({"iter": it, **{m: q.summary(v)["mean"] for m, v in last[mode].items()}})
+            curves[mode].append({"iter": it, **{m: summary(v)["mean"] for m, v in last[mode].items()}})
     times["evaluate"] = round(time.perf_counter() - t, 1)
 
     out_dir = Path(args.out)

@@ -26,7 +26,6 @@ A rerun reuses the data, the scores and every training whose ``net_g_latest.pth`
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import subprocess
@@ -44,6 +43,7 @@ import torch  # noqa: E402
 
 from benchmarks.common import markdown_table, write_results  # noqa: E402
 from iqp_plugin.datasets import IQPDegradedDataset, fit_square, list_images, read_image  # noqa: E402
+from iqp_plugin.evaluation import NOISE_SE, summary  # noqa: E402
 from iqp_plugin.inference import load_wrapper, resolve_device  # noqa: E402
 from iqp_plugin.quality import create_prior  # noqa: E402
 from iqp_plugin.train import read_options  # noqa: E402
@@ -228,13 +228,6 @@ def image_metrics(images: list[torch.Tensor], gts: list[torch.Tensor] | None, nr
     return values
 
 
-def summary(values: list[float]) -> dict:
-    """Mean and standard error of the finite values, and how many there were."""
-    v = np.array([x for x in values if math.isfinite(x)], dtype=np.float64)
-    sem = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
-    return {"mean": float(v.mean()) if len(v) else None, "sem": sem, "n": int(len(v))}
-
-
 def paired_delta(a: list[float], b: list[float]) -> dict:
     """Mean and standard error of the per-image difference a - b (same images)."""
     return summary([x - y for x, y in zip(a, b)])
@@ -255,7 +248,7 @@ def verdict(name: str, delta: dict, metric: str) -> str:
     d = delta["mean"]
     if d is None:
         return f"{name}: -"
-    if abs(d) <= 2 * delta["sem"]:
+    if abs(d) <= NOISE_SE * delta["sem"]:
         word = "within noise"
     else:
         word = "better" if (d < 0) == METRICS[metric][0] else "worse"

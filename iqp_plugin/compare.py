@@ -40,7 +40,6 @@ from urllib.parse import quote
 import cv2
 import numpy as np
 import torch
-from basicsr.metrics import calculate_psnr, calculate_ssim
 from tqdm import tqdm
 
 from iqp_plugin import parsers
@@ -53,14 +52,10 @@ from iqp_plugin.inference import (
 )
 from iqp_plugin.cli import writing
 from iqp_plugin.faces import check_face_args, photo_restorer_from_args
+from iqp_plugin.evaluation import FULL_REF, full_reference, paired
 from iqp_plugin.files import check_writable, write_atomic
 from iqp_plugin.quality import create_prior
 
-#: A verdict is 'same' when the mean paired difference is under this many standard errors (or under
-#: SAME_RTOL of the host's mean, for differences a single image cannot resolve).
-NOISE_SE = 2.0
-SAME_RTOL = 1e-4
-FULL_REF = {"psnr": False, "ssim": False, "sharpness": False}  # metric -> lower_better (against the GT)
 
 
 
@@ -119,18 +114,6 @@ def load_u8(path: Path) -> np.ndarray:
     return to_u8(read_picture(path).rgb)
 
 
-def high_frequency_energy(rgb: np.ndarray) -> float:
-    """Mean squared Laplacian of the luma of an HWC RGB image (uint8 or [0, 1] float), on the [0, 1] scale."""
-    img = rgb.astype(np.float32) / (255.0 if rgb.dtype == np.uint8 else 1.0)
-    luma = img @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    return float(np.mean(cv2.Laplacian(luma, cv2.CV_32F, borderType=cv2.BORDER_REFLECT) ** 2))
-
-
-def sharpness_ratio(img: np.ndarray, gt: np.ndarray) -> float:
-    """High-frequency energy of ``img`` over that of ``gt``: 1 is as sharp as the GT, under 1 softer."""
-    return high_frequency_energy(img) / max(high_frequency_energy(gt), 1e-12)
-
-
 def make_grid(panels: list[tuple[str, np.ndarray]]) -> np.ndarray:
     """Panels (uint8 RGB, same size) side by side under a label bar."""
     h, w = panels[0][1].shape[:2]
@@ -145,40 +128,16 @@ def make_grid(panels: list[tuple[str, np.ndarray]]) -> np.ndarray:
     return np.hstack(tiles[:-1])
 
 
-def full_reference(img: np.ndarray, gt: np.ndarray) -> dict[str, float]:
-    """PSNR, SSIM and sharpness ratio of a uint8 RGB image against its GT."""
-    return {"psnr": float(calculate_psnr(img, gt, crop_border=0)), "ssim": float(calculate_ssim(img, gt, crop_border=0)),
-            "sharpness": sharpness_ratio(img, gt)}
-
-
-def verdict_numbers(host: list[float], iqp: list[float], lower_better: bool) -> dict | None:
-    """The numbers of a verdict (see :func:`verdict`): word ('better' / 'worse' / 'same'), host and host+IQP
-    means, mean paired difference, its standard error and the image count; None when no image was scored."""
-    host, iqp = np.asarray(host, dtype=np.float64), np.asarray(iqp, dtype=np.float64)
-    scored = np.isfinite(host) & np.isfinite(iqp)
-    if not scored.any():
-        return None
-    host, iqp = host[scored], iqp[scored]
-    diffs = iqp - host
-    diff, host_mean = float(diffs.mean()), float(np.mean(host))
-    sem = float(diffs.std(ddof=1) / np.sqrt(len(diffs))) if len(diffs) > 1 else 0.0
-    if abs(diff) <= max(NOISE_SE * sem, SAME_RTOL * max(abs(host_mean), 1e-8)):
-        word = "same"
-    else:
-        word = "better" if (diff < 0) == lower_better else "worse"
-    return {"word": word, "host": host_mean, "iqp": float(np.mean(iqp)), "diff": diff, "sem": sem, "n": len(diffs)}
-
-
 def verdict(metric: str, host: list[float], iqp: list[float], lower_better: bool) -> str:
     """'better' / 'worse' / 'same' (within noise) for host+IQP against the host, from per-image values:
     the mean paired difference and its standard error (images the metric could not score left out)."""
-    v = verdict_numbers(host, iqp, lower_better)
+    v = paired(iqp, host, lower_better)
     if v is None:
         return f"{metric}: not scored (the metric failed on every image)"
-    word = "same (within noise)" if v["word"] == "same" else v["word"]
+    word = "same (within noise)" if v["verdict"] == "same" else v["verdict"]
     direction = "lower" if lower_better else "higher"
-    return (f"{metric} ({direction} is better): {word}, mean {v['host']:.4f} -> {v['iqp']:.4f} "
-            f"({v['diff']:+.4f} ± {v['sem']:.4f} s.e., {v['n']} images)")
+    return (f"{metric} ({direction} is better): {word}, mean {v['b']:.4f} -> {v['a']:.4f} "
+            f"({v['mean']:+.4f} ± {v['sem']:.4f} s.e., {v['n']} images)")
 
 
 def write_table(out: Path, rows: list[dict], metrics: list[str]) -> None:
@@ -291,11 +250,11 @@ def _card(metric: str, kind: str, lower_better: bool, v: dict | None) -> str:
     if v is None:
         return (f"<div class='card same'><div class='metric'>{esc(metric)} <span class='kind'>{esc(kind)}</span></div>"
                 f"<div class='word'>not scored</div><div class='nums'>the metric failed on every image</div></div>")
-    word = v["word"]
+    word = v["verdict"]
     shown = "same <small>within noise</small>" if word == "same" else word
     return (f"<div class='card {word}'><div class='metric'>{esc(metric)} <span class='kind'>{esc(kind)}, {direction} is "
-            f"better</span></div><div class='word'>{shown}</div><div class='nums'><b>{v['host']:.4f} &rarr; {v['iqp']:.4f}</b>"
-            f"<br>{v['diff']:+.4f} &plusmn; {v['sem']:.4f} "
+            f"better</span></div><div class='word'>{shown}</div><div class='nums'><b>{v['b']:.4f} &rarr; {v['a']:.4f}</b>"
+            f"<br>{v['mean']:+.4f} &plusmn; {v['sem']:.4f} "
             f"s.e., {v['n']} image{'s' if v['n'] != 1 else ''}</div></div>")
 
 
@@ -340,7 +299,7 @@ def write_html(out: Path, cards: list[tuple[str, str, bool, dict | None]], rows:
     """index.html: verdict cards, sweep plot, every image (slider, detail crops, sweep strip), then the full tables.
     Self-contained: relative links, inline CSS and JavaScript, nothing from the network."""
     esc = html.escape
-    counts = {w: sum(1 for *_, v in cards if v and v["word"] == w) for w in ("better", "worse", "same")}
+    counts = {w: sum(1 for *_, v in cards if v and v["verdict"] == w) for w in ("better", "worse", "same")}
     scored = sum(counts.values())
     overall = (f"host + IQP is <b class='good'>better on {counts['better']}</b>, <b class='bad'>worse on "
                f"{counts['worse']}</b> and the same (within noise) on {counts['same']} of {scored} metrics")
@@ -551,7 +510,7 @@ def main(argv: list[str] | None = None) -> None:
     kinds = {**{m: "the prior" for m in prior.metrics}, **{m: "held out" for m in heldout if m not in prior.metrics},
              **{m: "vs GT" for m in FULL_REF}}
     cards = [(m, kinds.get(m, ""), lower[m],
-              verdict_numbers([r[f"{m}_host"] for r in rows[1:]], [r[f"{m}_iqp"] for r in rows[1:]], lower[m]))
+              paired([r[f"{m}_iqp"] for r in rows[1:]], [r[f"{m}_host"] for r in rows[1:]], lower[m]))
              for m in metrics]
     sweep_rows = [["score", *curves], *[[f"{s:g}", *(curve[i] for curve in curves.values())]
                                         for i, s in enumerate(sweep_scores)],

@@ -42,13 +42,13 @@ import torch
 import torch.nn.functional as F
 from basicsr.archs import build_network
 from basicsr.losses import build_loss
-from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.models.base_model import BaseModel
 from basicsr.utils import get_root_logger, tensor2img
 from basicsr.utils.registry import MODEL_REGISTRY
 from tqdm import tqdm
 
 from iqp_plugin.checkpoint import file_sha256, read_checkpoint
+from iqp_plugin.evaluation import full_reference
 from iqp_plugin.files import atomic_path
 from iqp_plugin.score_files import load_scores
 
@@ -262,7 +262,7 @@ class IQPModel(BaseModel):
 
     # ---------------------------------------------------------------- validation
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img=False):
-        """Host alone vs host + plug-in (EMA weights) on the validation set: PSNR/SSIM and NR metrics."""
+        """Host alone vs host + plug-in (EMA weights) on the validation set: PSNR, SSIM, sharpness ratio and NR metrics."""
         from iqp_plugin.quality import create_prior
 
         val_opt = self.opt["val"]
@@ -281,10 +281,10 @@ class IQPModel(BaseModel):
                     for metric, module in nr.items():
                         sums.setdefault(f"{name}_{metric}", []).append(float(module(out01).mean()))
                     if self.gt is not None:
-                        img = tensor2img(out, min_max=(lo, hi))
-                        gt = tensor2img(self.gt, min_max=(lo, hi))
-                        sums.setdefault(f"{name}_psnr", []).append(calculate_psnr(img, gt, crop_border=0))
-                        sums.setdefault(f"{name}_ssim", []).append(calculate_ssim(img, gt, crop_border=0))
+                        img = tensor2img(out, rgb2bgr=False, min_max=(lo, hi))
+                        gt = tensor2img(self.gt, rgb2bgr=False, min_max=(lo, hi))
+                        for metric, value in full_reference(img, gt).items():  # PSNR, SSIM, sharpness ratio
+                            sums.setdefault(f"{name}_{metric}", []).append(value)
         finally:
             self.net_g.plugin = live
         means = {k: float(np.mean(v)) for k, v in sums.items()}

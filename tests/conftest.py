@@ -45,3 +45,23 @@ def read_only_folder(tmp_path):
         pytest.skip("cannot make a folder read-only for root here (no chattr +i)")
     yield folder
     subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def save_model_files(folder: Path, wrapper, host_opt: dict, plugin_opt: dict, config_name: str = "wrapper.yml"):
+    """``wrapper``'s host checkpoint, its plug-in checkpoint in the training format (``params`` and
+    ``params_ema``, stage quality, the host named by path and SHA-256) and a wrapper YAML naming both, in
+    ``folder``. Returns (config, host file, plug-in file)."""
+    import yaml
+
+    from iqp_plugin.checkpoint import file_sha256
+
+    host_file, plugin_file, config = folder / "host.pth", folder / "plugin.pth", folder / config_name
+    torch.save({"params": wrapper.host.state_dict()}, host_file)
+    state = wrapper.plugin_state_dict()
+    torch.save({"params": state, "params_ema": state, "stage": "quality", "plugin_opt": plugin_opt,
+                "host": {"opt": host_opt, "checkpoint": str(host_file), "sha256": file_sha256(host_file)}}, plugin_file)
+    config.write_text(yaml.safe_dump({"network_g": {"type": "IQPWrapper", "host": host_opt,
+                                                    "host_checkpoint": str(host_file)},
+                                      "plugin_checkpoint": str(plugin_file)}))
+    return config, host_file, plugin_file
+

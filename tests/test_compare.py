@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from iqp_plugin.cli import run
-from iqp_plugin.compare import main as compare_main, sharpness_ratio, verdict
+from iqp_plugin.compare import main as compare_main, verdict
+from iqp_plugin.evaluation import sharpness_ratio
 from iqp_plugin.offline_metrics import create_metric
 from tests.test_restore import make_model, rand_img
 

@@ -7,13 +7,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from iqp_plugin import faces
 from iqp_plugin.cli import run
 from iqp_plugin.compare import main as compare_main
-from iqp_plugin.checkpoint import file_sha256
 from iqp_plugin.restore import main as restore_main
+from tests.conftest import save_model_files
 from tests.test_export import TINY_RF, TINY_RF_PLUGIN, trained_like
 from tests.test_restore import make_model
 
@@ -85,13 +84,7 @@ def face_model(tmp_path_factory):
     """A tiny random RestoreFormer + plug-in (the plug-in changes the output), as files and a wrapper YAML."""
     folder = tmp_path_factory.mktemp("face_model")
     wrapper = trained_like(TINY_RF, TINY_RF_PLUGIN)
-    host_file, plugin_file, config = folder / "host.pth", folder / "plugin.pth", folder / "faces.yml"
-    torch.save({"params": wrapper.host.state_dict()}, host_file)
-    torch.save({"params": wrapper.plugin_state_dict(), "plugin_opt": TINY_RF_PLUGIN,
-                "host": {"opt": TINY_RF, "checkpoint": str(host_file), "sha256": file_sha256(host_file)}}, plugin_file)
-    config.write_text(yaml.safe_dump({"network_g": {"type": "IQPWrapper", "host": TINY_RF,
-                                                    "host_checkpoint": str(host_file)},
-                                      "plugin_checkpoint": str(plugin_file)}))
+    config = save_model_files(folder, wrapper, TINY_RF, TINY_RF_PLUGIN, "faces.yml")[0]
     weights = folder / faces.DETECTOR_FILE
     weights.write_bytes(b"stand-in: load_detector is replaced by FakeDetector")
     return config, wrapper, weights

@@ -7,14 +7,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from iqp_plugin import IQPWrapper
 from iqp_plugin.cli import run
 from iqp_plugin.compare import main as compare_main
-from iqp_plugin.checkpoint import file_sha256
 from tests import browser
-from tests.conftest import TINY_PLUGIN, TINY_SWINIR
+from tests.conftest import TINY_PLUGIN, TINY_SWINIR, save_model_files
 from tests.test_restore import rand_img
 
 pytestmark = pytest.mark.skipif(browser.missing() is not None, reason=str(browser.missing()))
@@ -25,15 +23,7 @@ def strong_model(folder):
     torch.manual_seed(0)
     wrapper = IQPWrapper(host=TINY_SWINIR, plugin=TINY_PLUGIN).eval()
     torch.nn.init.normal_(wrapper.plugin.out_conv.weight, std=0.5)
-    host_file, plugin_file, config = folder / "host.pth", folder / "plugin.pth", folder / "wrapper.yml"
-    torch.save({"params": wrapper.host.state_dict()}, host_file)
-    torch.save({"params": wrapper.plugin_state_dict(), "plugin_opt": TINY_PLUGIN,
-                "host": {"opt": TINY_SWINIR, "checkpoint": str(host_file), "sha256": file_sha256(host_file)}},
-               plugin_file)
-    config.write_text(yaml.safe_dump({"network_g": {"type": "IQPWrapper", "host": TINY_SWINIR,
-                                                    "host_checkpoint": str(host_file)},
-                                      "plugin_checkpoint": str(plugin_file)}))
-    return config
+    return save_model_files(folder, wrapper, TINY_SWINIR, TINY_PLUGIN)[0]
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,8 @@ from PIL import ExifTags, Image, ImageOps
 
 from iqp_plugin import IQPWrapper, compare, datasets, exif, inference, restore, scoring
 from iqp_plugin.cli import run
-from iqp_plugin.checkpoint import file_sha256
 from iqp_plugin.restore import main as restore_main
-from tests.conftest import TINY_PLUGIN, TINY_SWINIR
+from tests.conftest import TINY_PLUGIN, TINY_SWINIR, save_model_files
 
 
 def make_model(folder):
@@ -27,15 +26,7 @@ def make_model(folder):
     torch.manual_seed(0)
     wrapper = IQPWrapper(host=TINY_SWINIR, plugin=TINY_PLUGIN).eval()
     torch.nn.init.normal_(wrapper.plugin.out_conv.weight, std=0.05)
-    host_file, plugin_file, config = folder / "host.pth", folder / "plugin.pth", folder / "wrapper.yml"
-    torch.save({"params": wrapper.host.state_dict()}, host_file)
-    torch.save({"params": wrapper.plugin_state_dict(), "params_ema": wrapper.plugin_state_dict(), "stage": "quality",
-                "plugin_opt": TINY_PLUGIN,
-                "host": {"opt": TINY_SWINIR, "checkpoint": str(host_file), "sha256": file_sha256(host_file)}},
-               plugin_file)
-    config.write_text(yaml.safe_dump({"network_g": {"type": "IQPWrapper", "host": TINY_SWINIR,
-                                                    "host_checkpoint": str(host_file)},
-                                      "plugin_checkpoint": str(plugin_file)}))
+    config, host_file, plugin_file = save_model_files(folder, wrapper, TINY_SWINIR, TINY_PLUGIN)
     return config, host_file, plugin_file, wrapper
 
 
