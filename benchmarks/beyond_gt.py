@@ -52,13 +52,13 @@ from tqdm import tqdm  # noqa: E402
 from benchmarks import beyond_gt_data  # noqa: E402
 from benchmarks.common import markdown_table, write_results  # noqa: E402
 from benchmarks.quality import checkpoint, run, train as quality_train  # noqa: E402
-from iqp_plugin.evaluation import NOISE_SE, full_reference, paired, summary  # noqa: E402
 from iqp_plugin.datasets import IQPDegradedDataset  # noqa: E402
-from iqp_plugin.inference import load_wrapper, resolve_device  # noqa: E402
+from iqp_plugin.evaluation import NOISE_SE, full_reference, paired, summary  # noqa: E402
+from iqp_plugin.loading import load_wrapper, resolve_device  # noqa: E402
 from iqp_plugin.plugin import PRESETS  # noqa: E402
 from iqp_plugin.quality import create_prior  # noqa: E402
 from iqp_plugin.score_files import load_scores  # noqa: E402
-from iqp_plugin.train import read_options  # noqa: E402
+from iqp_plugin.options import read_options  # noqa: E402
 
 CONFIGS = REPO / "configs" / "beyond_gt"
 SIZE = 128

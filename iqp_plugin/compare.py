@@ -43,20 +43,14 @@ import torch
 from tqdm import tqdm
 
 from iqp_plugin import parsers
-from iqp_plugin.inference import (
-    check_tile_args,
-    find_images,
-    load_from_args,
-    read_picture,
-    run_batch,
-)
 from iqp_plugin.cli import writing
-from iqp_plugin.faces import check_face_args, photo_restorer_from_args
 from iqp_plugin.evaluation import FULL_REF, full_reference, paired
+from iqp_plugin.faces import check_face_args, photo_restorer_from_args
 from iqp_plugin.files import check_writable, write_atomic
+from iqp_plugin.images import find_images, read_picture
+from iqp_plugin.loading import load_from_args
 from iqp_plugin.quality import create_prior
-
-
+from iqp_plugin.running import check_tile_args, run_batch
 
 
 def parse_scores(text: str) -> list[float]:

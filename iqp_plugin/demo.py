@@ -43,9 +43,10 @@ from tqdm import tqdm
 
 from iqp_plugin.contamination import write_mixed
 from iqp_plugin.datasets import IQPDegradedDataset, list_images, read_image
+from iqp_plugin.files import write_atomic
+from iqp_plugin.options import read_options
 from iqp_plugin.sample_data import PHOTOS, write_crops
 from iqp_plugin.score_files import sidecar_path
-from iqp_plugin.train import read_options
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"
 STAGES = ("codebook", "predictor", "quality")
@@ -235,9 +236,8 @@ def write_heldout(out: Path, val_opt: dict, scale: int) -> None:
         sample = ds[i]
         for key in ("lq", "gt"):
             path = out / "data" / f"heldout_{key}" / Path(name).with_suffix(".png")
-            path.parent.mkdir(parents=True, exist_ok=True)
             img = (sample[key].permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype("uint8")
-            cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+            write_atomic(path, cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))[1].tobytes())
 
 
 def compare(out: Path, opt: dict, host_checkpoint: Path) -> str:

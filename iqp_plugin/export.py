@@ -56,7 +56,7 @@ from torch import nn
 
 from iqp_plugin import parsers
 from iqp_plugin.files import atomic_path, check_writable
-from iqp_plugin.inference import host_kwargs, load_wrapper, wrapper_options
+from iqp_plugin.loading import host_kwargs, load_wrapper, wrapper_options
 from iqp_plugin.wrapper import IQPWrapper
 
 #: example batch for tracing: torch.export pins dimensions whose example is 0 or 1

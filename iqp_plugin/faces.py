@@ -34,8 +34,8 @@ import cv2
 import numpy as np
 import torch
 
-from iqp_plugin.inference import run_batch
 from iqp_plugin.parsers import AUTO_TILE_ABOVE, TILE_OVERLAP
+from iqp_plugin.running import run_batch
 
 #: RetinaFace weights of facexlib (its ``retinaface_resnet50``), and where facexlib itself downloads them from.
 DETECTOR_FILE = "detection_Resnet50_Final.pth"
@@ -189,7 +189,7 @@ class Photo:
 class PhotoRestorer:
     """Restore whole photos with a face host: detection, alignment, restoration, paste-back (module docstring).
 
-    ``runs`` of :meth:`__call__` name the outputs wanted and their :func:`~iqp_plugin.inference.run_batch`
+    ``runs`` of :meth:`__call__` name the outputs wanted and their :func:`~iqp_plugin.running.run_batch`
     options, e.g. ``{"host": {"plugin": False}, "iqp": {"score": 0.9}}``; detection, alignment and the
     background are computed once for all of them.
     """
@@ -259,7 +259,7 @@ class PhotoRestorer:
 def photo_restorer_from_args(args: argparse.Namespace, wrapper, weights: Path, **host_kwargs) -> PhotoRestorer:
     """The :class:`PhotoRestorer` that :func:`iqp_plugin.parsers.add_face_args` options describe (detector and background host
     loaded on the wrapper's device)."""
-    from iqp_plugin.inference import load_wrapper, wrapper_options
+    from iqp_plugin.loading import load_wrapper, wrapper_options
 
     device = next(wrapper.parameters()).device
     check_face_host(wrapper)  # before the detector and the background host load

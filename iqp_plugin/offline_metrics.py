@@ -7,12 +7,13 @@ folder to put it in, never in a network traceback.
 """
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
 
 import numpy as np
+
+from iqp_plugin.files import atomic_path
 
 NIQE_FILE = "niqe_modelparameters.mat"
 BRISQUE_FILE = "brisque_svm_weights.pth"
@@ -49,14 +50,8 @@ def build_niqe_params(folder: str | Path | None = None) -> Path:
     if target.is_file():
         return target
     params = np.load(Path(basicsr.metrics.__file__).parent / "niqe_pris_params.npz")
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{NIQE_FILE}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            scipy.io.savemat(f, {"mu_prisparam": params["mu_pris_param"], "cov_prisparam": params["cov_pris_param"]})
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(target) as tmp, open(tmp, "wb") as f:
+        scipy.io.savemat(f, {"mu_prisparam": params["mu_pris_param"], "cov_prisparam": params["cov_pris_param"]})
     return target
 
 

@@ -1,4 +1,4 @@
-"""Reading option YAMLs with errors that name the file and the fix."""
+"""Reading option YAMLs (any mapping, or a BasicSR training YAML) with errors that name the file and the fix."""
 from __future__ import annotations
 
 import os
@@ -17,4 +17,15 @@ def read_yaml(path: str, label: str = "Option file") -> dict:
             raise ValueError(f"{label} {path} is not valid YAML: {err}") from err
     if not isinstance(opt, dict):
         raise ValueError(f"{label} {path} must hold a mapping of options, got {type(opt).__name__}.")
+    return opt
+
+
+def read_options(path: str) -> dict:
+    """Read a BasicSR option YAML, with clear errors for a missing or malformed file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Option file not found: {path}. Pass an existing YAML with -opt (see configs/).")
+    opt = read_yaml(path)
+    for key in ("name", "model_type", "datasets", "path", "train"):
+        if key not in opt:
+            raise ValueError(f"Option file {path} lacks the required key '{key}'.")
     return opt

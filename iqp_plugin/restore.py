@@ -35,20 +35,12 @@ import numpy as np
 from tqdm import tqdm
 
 from iqp_plugin import parsers
-from iqp_plugin.inference import (
-    Picture,
-    check_tile_args,
-    find_images,
-    host_kwargs,
-    load_from_args,
-    read_picture,
-    run_batch,
-    write_picture,
-)
 from iqp_plugin.cli import writing
 from iqp_plugin.faces import check_face_args, photo_restorer_from_args
 from iqp_plugin.files import IMAGE_SUFFIXES, check_writable
-
+from iqp_plugin.images import Picture, find_images, read_picture, write_picture
+from iqp_plugin.loading import host_kwargs, load_from_args
+from iqp_plugin.running import check_tile_args, run_batch
 
 
 def output_paths(src: str, dst: str) -> list[tuple[Path, Path]]:

@@ -16,19 +16,8 @@ import sys
 import iqp_plugin  # noqa: F401  (registers the project in BasicSR; `iqp train` registers before importing this)
 from iqp_plugin import basicsr_cpu, parsers
 from iqp_plugin.cli import writing
-from iqp_plugin.options import read_yaml
+from iqp_plugin.options import read_options
 from iqp_plugin.registry import check_option_types
-
-
-def read_options(path: str) -> dict:
-    """Read a BasicSR option YAML, with clear errors for a missing or malformed file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Option file not found: {path}. Pass an existing YAML with -opt (see configs/).")
-    opt = read_yaml(path)
-    for key in ("name", "model_type", "datasets", "path", "train"):
-        if key not in opt:
-            raise ValueError(f"Option file {path} lacks the required key '{key}'.")
-    return opt
 
 
 def main(argv: list[str] | None = None) -> None:

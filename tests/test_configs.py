@@ -10,7 +10,7 @@ from basicsr.archs import build_network
 from iqp_plugin.registry import check_option_types
 from iqp_plugin.sample_data import write_crops
 from iqp_plugin.scoring import main as score_main
-from iqp_plugin.train import read_options
+from iqp_plugin.options import read_options
 from tests.conftest import REPO
 
 CONFIGS = sorted((REPO / "configs").rglob("*.yml"))

@@ -16,7 +16,7 @@ from iqp_plugin import IQPWrapper
 from iqp_plugin.checkpoint import CheckpointError
 from iqp_plugin.cli import run
 from iqp_plugin.parsers import compare as compare_parser
-from iqp_plugin.inference import load_wrapper, wrapper_options
+from iqp_plugin.loading import load_wrapper, wrapper_options
 from iqp_plugin.checkpoint import file_sha256
 from iqp_plugin.registry import build_arch
 from iqp_plugin.restore import main as restore_main

@@ -11,7 +11,7 @@ import torch
 import yaml
 from PIL import ExifTags, Image, ImageOps
 
-from iqp_plugin import IQPWrapper, compare, datasets, exif, inference, restore, scoring
+from iqp_plugin import IQPWrapper, compare, datasets, exif, images, restore, running, scoring
 from iqp_plugin.cli import run
 from iqp_plugin.restore import main as restore_main
 from tests.conftest import TINY_PLUGIN, TINY_SWINIR, save_model_files
@@ -128,18 +128,18 @@ def test_tiling_matches_whole_image(model):
     *_, wrapper = model
     rgb = rand_img(64, 64, seed=5).astype(np.float32)[None] / 255
     for plugin in (False, True):
-        whole = inference.run_batch(wrapper, rgb, plugin=plugin)
-        tiles = inference.run_batch(wrapper, rgb, tile=32, overlap=16, plugin=plugin)
+        whole = running.run_batch(wrapper, rgb, plugin=plugin)
+        tiles = running.run_batch(wrapper, rgb, tile=32, overlap=16, plugin=plugin)
         diff = np.abs(whole - tiles)
         assert whole.shape == tiles.shape == (1, 128, 128, 3)
         assert diff.max() < 0.005 and diff.mean() < 5e-4, (plugin, diff.max(), diff.mean())
     x = torch.rand(1, 3, 40, 24)  # normalised blending reproduces a pointwise map exactly
-    assert torch.allclose(inference.tiled(lambda t: t * 2, x, 16, 4), x * 2, atol=1e-6)
+    assert torch.allclose(running.tiled(lambda t: t * 2, x, 16, 4), x * 2, atol=1e-6)
     thin = torch.rand(1, 3, 10, 200)  # thinner than the overlap: one crop across, tiles along
-    assert torch.allclose(inference.tiled(lambda t: t * 2, thin, 64, 16), thin * 2, atol=1e-6)
+    assert torch.allclose(running.tiled(lambda t: t * 2, thin, 64, 16), thin * 2, atol=1e-6)
     batch = np.concatenate([rgb, rgb[:, ::-1].copy()])
-    assert np.allclose(inference.run_batch(wrapper, batch), np.concatenate(
-        [inference.run_batch(wrapper, b[None]) for b in batch]), atol=1e-5)
+    assert np.allclose(running.run_batch(wrapper, batch), np.concatenate(
+        [running.run_batch(wrapper, b[None]) for b in batch]), atol=1e-5)
 
 
 def test_atomic_write_leaves_nothing_when_interrupted(tmp_path, monkeypatch):
@@ -150,14 +150,14 @@ def test_atomic_write_leaves_nothing_when_interrupted(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        inference.write_picture(target, inference.Picture(np.zeros((8, 8, 3), np.float32)))
+        images.write_picture(target, images.Picture(np.zeros((8, 8, 3), np.float32)))
     assert list(tmp_path.iterdir()) == []
 
 
 def test_written_files_get_the_usual_permissions(tmp_path):
     umask = os.umask(0o022)
     try:
-        inference.write_picture(tmp_path / "x.png", inference.Picture(np.zeros((8, 8, 3), np.float32)))
+        images.write_picture(tmp_path / "x.png", images.Picture(np.zeros((8, 8, 3), np.float32)))
     finally:
         os.umask(umask)
     assert (tmp_path / "x.png").stat().st_mode & 0o777 == 0o644
@@ -168,7 +168,7 @@ def test_unreadable_inputs_are_value_errors(tmp_path):
     (tmp_path / "dir.png").mkdir()
     for name in ("empty.png", "dir.png"):
         with pytest.raises(ValueError, match="cannot (read|decode) image"):
-            inference.read_picture(tmp_path / name)
+            images.read_picture(tmp_path / name)
 
 
 @pytest.mark.parametrize("case, message", [
@@ -247,7 +247,7 @@ def test_upright_turns_as_pil_does(tmp_path, orientation):
     np.testing.assert_array_equal(exif.upright(rgb, orientation), expected)
     np.testing.assert_array_equal(scoring.load_image(tmp_path / "x.png")[0].permute(1, 2, 0).numpy() * 255,
                                   expected.astype(np.float32))
-    np.testing.assert_array_equal(inference.read_picture(tmp_path / "x.png").rgb * 255, expected.astype(np.float32))
+    np.testing.assert_array_equal(images.read_picture(tmp_path / "x.png").rgb * 255, expected.astype(np.float32))
     np.testing.assert_array_equal(datasets.read_image(tmp_path / "x.png")[..., ::-1] * 255, expected.astype(np.float32))
 
 

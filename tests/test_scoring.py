@@ -371,16 +371,16 @@ def test_ctrl_c_says_where_the_partial_work_is(tmp_path, fast_metric, capsys):
     assert len(read_csv(partial)) == 1
 
 
-@pytest.mark.parametrize("lister", ["scoring", "datasets", "inference"])
+@pytest.mark.parametrize("lister", ["scoring", "datasets", "images"])
 def test_broken_symlinks_are_named_in_a_warning(tmp_path, lister):
-    from iqp_plugin import datasets, inference
+    from iqp_plugin import datasets, images
 
     root = tmp_path / "a"
     flat_png(root / "x.png", 10)
     (root / "gone.png").symlink_to(tmp_path / "moved.png")
     names = {"scoring": lambda: [it.name for it in scoring.list_images([root])],
              "datasets": lambda: datasets.list_images(root),
-             "inference": lambda: [name for name, _ in inference.find_images(root)]}[lister]
+             "images": lambda: [name for name, _ in images.find_images(root)]}[lister]
     with pytest.warns(UserWarning, match=f"1 broken symbolic link skipped: {root / 'gone.png'} -> {tmp_path / 'moved.png'}"):
         assert names() == ["x.png"]
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from adapters.swinir import SwinIRAdapter
-from iqp_plugin import inference
+from iqp_plugin import running
 from iqp_plugin.cli import run
 from iqp_plugin.restore import main as restore_main
 from tests.test_restore import make_model, rand_img
@@ -49,25 +49,25 @@ def test_tall_thin_image_is_tiled_with_bounded_area_and_one_score(model, monkeyp
     rgb = rand_img(2000, 40, seed=3).astype(np.float32)[None] / 255
     above = 128 * 128
     areas, scores = record_calls(monkeypatch, wrapper)
-    assert inference.tile_side(wrapper, 2000, 40, None, above) == 128
+    assert running.tile_side(wrapper, 2000, 40, None, above) == 128
     for plugin, tol in ((False, 1e-4), (True, 5e-4)):
         areas.clear()
-        tiles = inference.run_batch(wrapper, rgb, 0.7, plugin=plugin, tile_above=above)
+        tiles = running.run_batch(wrapper, rgb, 0.7, plugin=plugin, tile_above=above)
         assert len(areas) > 15 and max(h * w for h, w in areas) <= above
         assert all(h % 8 == 0 and w == 40 for h, w in areas)
         areas.clear()
-        whole = inference.run_batch(wrapper, rgb, 0.7, tile=0, plugin=plugin)
+        whole = running.run_batch(wrapper, rgb, 0.7, tile=0, plugin=plugin)
         assert areas == [(2000, 40)]
         diff = np.abs(whole - tiles)
         assert whole.shape == tiles.shape == (1, 4000, 80, 3)
         assert diff.max() < (5e-3 if plugin else 1e-4) and diff.mean() < tol, (plugin, diff.max(), diff.mean())
     assert len(scores) > 15 and set(scores) == {0.7}
     scores.clear()
-    inference.run_batch(wrapper, rgb, tile_above=above)  # default score: the plug-in's target, on every tile
+    running.run_batch(wrapper, rgb, tile_above=above)  # default score: the plug-in's target, on every tile
     assert len(scores) > 15 and set(scores) == {None}
     # the area a forward sees does not grow with the image
     areas.clear()
-    inference.run_batch(wrapper, np.concatenate([rgb, rgb], axis=1), plugin=False, tile_above=above)
+    running.run_batch(wrapper, np.concatenate([rgb, rgb], axis=1), plugin=False, tile_above=above)
     assert max(h * w for h, w in areas) <= above
 
 
@@ -76,23 +76,23 @@ def test_below_the_threshold_nothing_changes(model, monkeypatch):
     *_, wrapper = model
     areas, _ = record_calls(monkeypatch)
     rgb = rand_img(64, 48, seed=4).astype(np.float32)[None] / 255
-    whole = inference.run_batch(wrapper, rgb, tile=0)
+    whole = running.run_batch(wrapper, rgb, tile=0)
     for kwargs in ({}, {"tile_above": 64 * 48}):
         areas.clear()
-        assert np.array_equal(inference.run_batch(wrapper, rgb, **kwargs), whole)
+        assert np.array_equal(running.run_batch(wrapper, rgb, **kwargs), whole)
         assert areas == [(64, 48)]
-    assert inference.AUTO_TILE_ABOVE == 512 * 512
-    assert inference.tile_side(wrapper, 512, 512) == 0 and inference.tile_side(wrapper, 513, 512) == 512
-    assert inference.tile_side(wrapper, 10000, 200) == 512
+    assert running.AUTO_TILE_ABOVE == 512 * 512
+    assert running.tile_side(wrapper, 512, 512) == 0 and running.tile_side(wrapper, 513, 512) == 512
+    assert running.tile_side(wrapper, 10000, 200) == 512
 
 
 def test_face_hosts_are_never_tiled(model):
     *_, wrapper = model
     wrapper.adapter.input_size = 512  # as the face adapters declare
     try:
-        assert inference.tile_side(wrapper, 4000, 4000) == 0
+        assert running.tile_side(wrapper, 4000, 4000) == 0
         with pytest.raises(ValueError, match="takes whole aligned faces"):
-            inference.tile_side(wrapper, 4000, 4000, tile=256)
+            running.tile_side(wrapper, 4000, 4000, tile=256)
     finally:
         del wrapper.adapter.input_size
 
