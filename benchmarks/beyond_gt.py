@@ -54,7 +54,8 @@ from benchmarks.common import markdown_table, write_results  # noqa: E402
 from benchmarks.quality import checkpoint, run, train as quality_train  # noqa: E402
 from iqp_plugin.datasets import IQPDegradedDataset  # noqa: E402
 from iqp_plugin.evaluation import NOISE_SE, full_reference, paired, summary  # noqa: E402
-from iqp_plugin.loading import load_wrapper, resolve_device  # noqa: E402
+from iqp_plugin.devices import resolve_device  # noqa: E402
+from iqp_plugin.loading import load_wrapper  # noqa: E402
 from iqp_plugin.plugin import PRESETS  # noqa: E402
 from iqp_plugin.quality import create_prior  # noqa: E402
 from iqp_plugin.score_files import load_scores  # noqa: E402

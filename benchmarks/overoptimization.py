@@ -36,7 +36,8 @@ import torch  # noqa: E402
 from benchmarks import quality as q  # noqa: E402
 from iqp_plugin.evaluation import summary  # noqa: E402
 from benchmarks.common import markdown_table, write_results  # noqa: E402
-from iqp_plugin.loading import load_wrapper, resolve_device  # noqa: E402
+from iqp_plugin.devices import resolve_device  # noqa: E402
+from iqp_plugin.loading import load_wrapper  # noqa: E402
 
 MODES = ("discrete", "continuous")
 #: quality-stage iterations of each run and the evaluation interval (held-out images: quality.py's budget)

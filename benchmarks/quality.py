@@ -43,8 +43,9 @@ import torch  # noqa: E402
 
 from benchmarks.common import markdown_table, write_results  # noqa: E402
 from iqp_plugin.datasets import IQPDegradedDataset, fit_square, list_images, read_image  # noqa: E402
+from iqp_plugin.devices import resolve_device  # noqa: E402
 from iqp_plugin.evaluation import NOISE_SE, summary  # noqa: E402
-from iqp_plugin.loading import load_wrapper, resolve_device  # noqa: E402
+from iqp_plugin.loading import load_wrapper  # noqa: E402
 from iqp_plugin.quality import create_prior  # noqa: E402
 from iqp_plugin.options import read_options  # noqa: E402
 

@@ -51,16 +51,18 @@ from iqp_plugin.images import find_images, read_picture
 from iqp_plugin.loading import load_from_args
 from iqp_plugin.quality import create_prior
 from iqp_plugin.running import check_tile_args, run_batch
+from iqp_plugin.score_files import check_scores
 
 
 def parse_scores(text: str) -> list[float]:
-    """'0.5,0.9' -> [0.5, 0.9]; every score must lie in [0, 1]."""
+    """'0.5,0.9' -> [0.5, 0.9]; at least one score, every score in [0, 1]."""
     try:
         scores = [float(s) for s in text.split(",") if s.strip()]
     except ValueError as err:
         raise ValueError(f"--scores must be comma-separated numbers, got {text!r}") from err
-    if not scores or not all(0.0 <= s <= 1.0 for s in scores):
-        raise ValueError(f"scores must lie in [0, 1] (normalised quality scores), got {text!r}")
+    if not scores:
+        raise ValueError(f"--scores must name at least one score in [0, 1], got {text!r}")
+    check_scores(scores, "--scores")
     return scores
 
 
@@ -398,8 +400,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parsers.compare().parse_args(argv)
     start = time.perf_counter()
     sweep_scores = parse_scores(args.scores)
-    if args.score is not None and not 0.0 <= args.score <= 1.0:
-        raise ValueError(f"--score must lie in [0, 1] (a normalised quality score), got {args.score}")
+    if args.score is not None:
+        check_scores(args.score, "--score")
     check_tile_args(args)
     detector = check_face_args(args)
     items = find_images(args.input)

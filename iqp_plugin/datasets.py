@@ -10,7 +10,7 @@ the metric fails on, an unreadable file) is left out, with its pair, and named i
 stops training (:func:`scores_for`). Any other image without a score is an error.
 
 Images are read as basicsr does (``cv2.IMREAD_COLOR``): grayscale, RGBA and 16-bit files become 8-bit BGR;
-upright, as everywhere in the project (:mod:`iqp_plugin.exif`).
+upright, as everywhere in the project (decoded by :func:`iqp_plugin.images.decode_image`).
 Randomness (crop, flip, degradation) comes from Python's and NumPy's global generators, which BasicSR seeds
 per worker; with an integer ``seed`` option, sample ``index`` depends only on ``(seed, epoch, index)``
 (``set_epoch`` sets the epoch, 0 by default), and the global generators are left untouched.
@@ -33,9 +33,9 @@ from basicsr.utils import img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
-from iqp_plugin.exif import exif_orientation, upright
 from iqp_plugin.files import IMAGE_SUFFIXES, image_files
-from iqp_plugin.score_files import failed_images, load_scores
+from iqp_plugin.images import decode_image
+from iqp_plugin.score_files import check_scores, failed_images, load_scores
 
 
 def list_images(folder: str | Path) -> list[str]:
@@ -51,12 +51,9 @@ def list_images(folder: str | Path) -> list[str]:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Read an image as basicsr does: HWC BGR float32 in [0, 1], 3 channels, whatever the file's depth; upright."""
-    encoded = Path(path).read_bytes()
-    img = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if img is None:
-        raise ValueError(f"Cannot decode image {path}")
-    return upright(img, exif_orientation(encoded)).astype(np.float32) / 255.0
+    """Read an image as basicsr does (``cv2.IMREAD_COLOR``: 8-bit BGR, alpha dropped, gray repeated, 16 bits cut
+    to 8 as cv2 does for the format): HWC BGR float32 in [0, 1]; upright."""
+    return decode_image(path, cv2.IMREAD_COLOR).astype(np.float32) / 255.0
 
 
 def scores_for(names: list[str], csv_path: str | Path | None) -> dict[str, float] | None:
@@ -76,9 +73,7 @@ def scores_for(names: list[str], csv_path: str | Path | None) -> dict[str, float
         warnings.warn(f"{csv_path}: {len(left_out)} of {len(names)} images could not be scored and are left out: "
                       + ", ".join(f"{n} ({failed[n]})" for n in left_out[:5]) + more)
     scores = {n: table[n] for n in names if n in table}
-    bad = [n for n, s in scores.items() if not 0.0 <= s <= 1.0]
-    if bad:
-        raise ValueError(f"Scores must lie in [0, 1] in {csv_path}; {bad[0]} has {scores[bad[0]]}")
+    check_scores(scores, f"the scores in {csv_path}")
     return scores
 
 

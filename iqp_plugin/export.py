@@ -57,6 +57,7 @@ from torch import nn
 from iqp_plugin import parsers
 from iqp_plugin.files import atomic_path, check_writable
 from iqp_plugin.loading import host_kwargs, load_wrapper, wrapper_options
+from iqp_plugin.score_files import check_scores
 from iqp_plugin.wrapper import IQPWrapper
 
 #: example batch for tracing: torch.export pins dimensions whose example is 0 or 1
@@ -198,8 +199,8 @@ def _first_line(err: Exception) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parsers.export().parse_args(argv)
-    if args.score is not None and not 0.0 <= args.score <= 1.0:
-        raise ValueError(f"--score must lie in [0, 1] (a normalised quality score), got {args.score}")
+    if args.score is not None:
+        check_scores(args.score, "--score")
     if args.size is not None and args.size < 1:
         raise ValueError(f"--size must be a positive side in pixels, got {args.size}")
     if args.host_only and (args.score is not None or args.score_input):

@@ -1,8 +1,11 @@
-"""Images in and out of ``iqp restore`` and ``compare``: read, write and list.
+"""Images in and out of ``iqp restore`` and ``compare``, and the one decoder of image files (also the datasets'):
+read, write and list.
 
-Images are read upright (EXIF orientation applied, see :mod:`iqp_plugin.exif`) and keep what the file had:
-alpha (resized to the output), grayscale and 16-bit depth. Files are written upright, without the tag, and
-atomically (temporary file + ``os.replace``), so an interrupted run never leaves half a file.
+Images are read upright (EXIF orientation applied, see :mod:`iqp_plugin.exif`) by :func:`decode_image`;
+:func:`read_picture` keeps what the file had: alpha (resized to the output), grayscale and 16-bit depth.
+Files are written upright, without the tag, and atomically (temporary file + ``os.replace``), so an
+interrupted run never leaves half a file. (``iqp score`` decodes with PIL, as pyiqa does: see
+:func:`iqp_plugin.scoring.load_image`.)
 """
 from __future__ import annotations
 
@@ -26,17 +29,24 @@ class Picture:
     bits: int = 8
 
 
-def read_picture(path: str | Path) -> Picture:
-    """Read any 8/16-bit gray, RGB or RGBA file, upright; ValueError when it cannot be read or decoded
-    (unreadable, empty, corrupt, truncated)."""
+def decode_image(path: str | Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
+    """The pixels of an image file as ``cv2.imdecode(..., flags)`` gives them (gray, BGR or BGRA; uint8 or
+    uint16), upright: the EXIF orientation is applied here, never by cv2. ValueError when the file cannot be
+    read or decoded (unreadable, empty, corrupt, truncated, or not 8/16-bit)."""
     try:
         data = Path(path).read_bytes()
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # ignores the EXIF orientation
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), flags | cv2.IMREAD_IGNORE_ORIENTATION)
     except (OSError, cv2.error) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
     if img is None or img.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"cannot decode image {path} (corrupt, truncated or unsupported)")
-    img = upright(img, exif_orientation(data))
+    return upright(img, exif_orientation(data))
+
+
+def read_picture(path: str | Path) -> Picture:
+    """Read any 8/16-bit gray, RGB or RGBA file, upright; ValueError when it cannot be read or decoded
+    (unreadable, empty, corrupt, truncated)."""
+    img = decode_image(path)
     bits = 16 if img.dtype == np.uint16 else 8
     img = img.astype(np.float32) / (65535.0 if bits == 16 else 255.0)
     gray = img.ndim == 2 or img.shape[2] == 1

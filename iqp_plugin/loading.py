@@ -1,4 +1,5 @@
-"""Loading a wrapper for inference (``iqp restore``, ``compare``, ``export``, the benchmarks), and the device.
+"""Loading a wrapper for inference (``iqp restore``, ``compare``, ``export``, the benchmarks) on the device
+that ``--device`` names (:func:`iqp_plugin.devices.resolve_device`).
 
 A wrapper comes from either
 
@@ -24,18 +25,10 @@ import warnings
 import torch
 
 from iqp_plugin.checkpoint import file_sha256, read_checkpoint
+from iqp_plugin.devices import resolve_device
 from iqp_plugin.options import read_yaml
 from iqp_plugin.registry import check_options
 from iqp_plugin.wrapper import IQPWrapper
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda, but no CUDA device is available")
-    return torch.device(name)
 
 
 def wrapper_options(config: str) -> tuple[dict, str | None]:

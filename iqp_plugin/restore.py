@@ -41,6 +41,7 @@ from iqp_plugin.files import IMAGE_SUFFIXES, check_writable
 from iqp_plugin.images import Picture, find_images, read_picture, write_picture
 from iqp_plugin.loading import host_kwargs, load_from_args
 from iqp_plugin.running import check_tile_args, run_batch
+from iqp_plugin.score_files import check_scores
 
 
 def output_paths(src: str, dst: str) -> list[tuple[Path, Path]]:
@@ -67,8 +68,8 @@ def output_paths(src: str, dst: str) -> list[tuple[Path, Path]]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parsers.restore().parse_args(argv)
-    if args.score is not None and not 0.0 <= args.score <= 1.0:
-        raise ValueError(f"--score must lie in [0, 1] (a normalised quality score), got {args.score}")
+    if args.score is not None:
+        check_scores(args.score, "--score")
     if args.batch < 1:
         raise ValueError("--batch must be >= 1")
     check_tile_args(args)

@@ -1,10 +1,12 @@
 """Score files: the CSV that ``iqp score`` writes and its JSON sidecar (normalisation constants, failures, file
 signatures), read wherever scores are used (datasets, the training model, the benchmarks), beside the prior
-whose numbers they hold (:mod:`iqp_plugin.quality`)."""
+whose numbers they hold (:mod:`iqp_plugin.quality`); and the check that a normalised score, read from such a
+file or given on the command line, lies in [0, 1] (:func:`check_scores`)."""
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from iqp_plugin.quality import Normalizer
@@ -40,6 +42,18 @@ def number(text: str, path: str | Path, line: int, name: str, column: str) -> fl
     except ValueError:
         raise ValueError(f"{path} line {line} ({name}): {column} {text!r} is not a number; correct or delete "
                          "that row, or score the folder again (--replace)") from None
+
+
+def check_scores(scores: float | Iterable[float] | Mapping[str, float], what: str) -> None:
+    """ValueError unless every normalised quality score lies in [0, 1] (NaN does not). ``scores`` is one score, a
+    list, or {image name: score}; the message names ``what`` (``--score``, ``--scores``, a CSV) and the first score
+    out of range, with its image."""
+    named = scores.items() if isinstance(scores, Mapping) else enumerate(
+        scores if isinstance(scores, Iterable) else [scores])
+    for name, score in named:
+        if not 0.0 <= score <= 1.0:
+            where = f": {name} has {score}" if isinstance(scores, Mapping) else f", got {score}"
+            raise ValueError(f"{what} must lie in [0, 1] (the normalised quality scale){where}")
 
 
 def load_scores(csv_path: str | Path) -> dict[str, float]:
