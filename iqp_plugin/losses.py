@@ -18,7 +18,7 @@ class QualityLoss(nn.Module):
 
     ``metrics``/``weights`` as in ``create_prior`` (weights normalised to sum 1). ``image_range`` is the
     range of the network output; it is mapped to the [0,1] pyiqa expects. The metric modules are
-    frozen and stay in eval mode.
+    frozen and stay in eval mode; NIQE is :class:`iqp_plugin.niqe.NIQE` with its corrected gradient.
     """
 
     def __init__(self, metrics: str | Sequence[str] = DEFAULT_PRIOR, weights: Sequence[float] | None = None,
@@ -38,5 +38,5 @@ class QualityLoss(nn.Module):
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         lo, hi = self.image_range
         x = ((img - lo) / (hi - lo)).clamp(0, 1)
-        loss = sum(w * s * m(x) for m, w, s in zip(self.metrics, self.prior.weights, self.signs))
-        return self.loss_weight * loss
+        loss = sum(w * s * m(x).mean() for m, w, s in zip(self.metrics, self.prior.weights, self.signs))
+        return self.loss_weight * loss.to(img.dtype)

@@ -1,11 +1,18 @@
-"""NIQE for scoring: a port of pyiqa 0.1.16's ``create_metric('niqe')`` that imports only torch and numpy.
+"""NIQE: a port of pyiqa 0.1.16's ``create_metric('niqe')`` that imports only torch and numpy, for scoring, and
+with a correct gradient for the quality loss.
 
-Importing pyiqa costs seconds (it pulls in torchvision), so ``iqp score`` uses this module instead. It
+Scoring: importing pyiqa costs seconds (it pulls in torchvision), so ``iqp score`` uses this module instead. It
 computes what pyiqa computes, with pyiqa's float32 steps (Y channel, the half-size bicubic resize) done
 the same way and the rest in float64, vectorised over images and 96x96 blocks; ``tests/test_niqe.py``
 checks it against pyiqa on real faces. The pristine model is basicsr's ``metrics/niqe_pris_params.npz``
 (the numbers :mod:`iqp_plugin.offline_metrics` gives pyiqa), read without importing basicsr. Like
 pyiqa, it raises an error for an image under 96 px high or wide and for a batch holding a flat image.
+
+Loss (``NIQE(differentiable=True)``): pyiqa picks each AGGD shape ``alpha`` by an argmin over a table, so its
+gradient treats 10 of the 36 features (the shapes, and the neighbour means and scales computed from them) as
+constants; descending it raises NIQE after a few steps (``tests/test_niqe.py``). Here ``alpha`` is the table's
+inverse interpolated linearly between the two nearest entries, and the rounding of the luma passes the
+gradient straight through, as pyiqa's does. The value stays within about 1e-3 of pyiqa's.
 This module imports nothing from iqp_plugin.
 """
 from __future__ import annotations
@@ -98,6 +105,11 @@ def _normalize(img: torch.Tensor) -> torch.Tensor:
     h, w = img.shape[-2:]
     x = F.pad(torch.stack([img, img ** 2]), (3, 3, 3, 3), mode="replicate")
     taps = _gauss_taps()
+    if img.requires_grad:  # the same filter as a convolution (``out=`` below has no gradient)
+        kernel = torch.tensor(taps, dtype=img.dtype, device=img.device).view(1, 1, 7, 7)
+        mu, var = F.conv2d(x.flatten(0, 1).unsqueeze(1), kernel).view(x.shape[0], *img.shape)
+        sigma = torch.sqrt((var - mu ** 2).abs() + torch.finfo(torch.float64).eps)
+        return (img - mu) / (sigma + 1)
     acc = x[..., :h, :w] * taps[0][0]
     term = torch.empty_like(acc)
     for i in range(7):
@@ -129,8 +141,10 @@ def _block_stats(mscn: torch.Tensor, size: int) -> torch.Tensor:
     return torch.stack(stats, 1).view(b, -1, 5, 6)
 
 
-def _features(stats: torch.Tensor) -> torch.Tensor:
-    """pyiqa's 18 NIQE features of each block and scale from :func:`_block_stats`; (..., 5, 6) -> (..., 18)."""
+def _features(stats: torch.Tensor, differentiable: bool = False) -> torch.Tensor:
+    """pyiqa's 18 NIQE features of each block and scale from :func:`_block_stats`; (..., 5, 6) -> (..., 18).
+    ``differentiable``: each shape ``alpha`` interpolated between the table's two nearest entries, instead of
+    the nearest one (whose gradient is zero)."""
     count_l, count_r, sq_l, sq_r, mean_abs, mean_sq = stats.unbind(-1)
     std_l, std_r = torch.sqrt(sq_l / count_l), torch.sqrt(sq_r / count_r)
     g = std_l / std_r
@@ -140,10 +154,17 @@ def _features(stats: torch.Tensor) -> torch.Tensor:
     # argmin |r_gam - rhatnorm| over the increasing grid, first index on ties, 0 when rhatnorm is not finite
     hi = torch.searchsorted(r_gam, rhatnorm.contiguous()).clamp(1, len(r_gam) - 1)
     lo = hi - 1
-    idx = torch.where((rhatnorm - r_gam[lo]).abs() <= (r_gam[hi] - rhatnorm).abs(), lo, hi)
-    idx = torch.where(rhatnorm.isfinite(), idx, 0)
-    alpha, beta_l, beta_r = gam[idx], std_l * beta_of[idx], std_r * beta_of[idx]
-    mean = (beta_r - beta_l) * mean_of[idx]
+    if differentiable:
+        t = ((rhatnorm - r_gam[lo]) / (r_gam[hi] - r_gam[lo])).clamp(0, 1)
+        alpha = torch.where(rhatnorm.isfinite(), gam[lo] + t * (gam[hi] - gam[lo]), gam[0])
+        beta = (torch.lgamma(1 / alpha) - torch.lgamma(3 / alpha)).exp().sqrt()
+        beta_l, beta_r = std_l * beta, std_r * beta
+        mean = (beta_r - beta_l) * (torch.lgamma(2 / alpha) - torch.lgamma(1 / alpha)).exp()
+    else:
+        idx = torch.where((rhatnorm - r_gam[lo]).abs() <= (r_gam[hi] - rhatnorm).abs(), lo, hi)
+        idx = torch.where(rhatnorm.isfinite(), idx, 0)
+        alpha, beta_l, beta_r = gam[idx], std_l * beta_of[idx], std_r * beta_of[idx]
+        mean = (beta_r - beta_l) * mean_of[idx]
     first = torch.stack([alpha[..., 0], (beta_l[..., 0] + beta_r[..., 0]) / 2], -1)
     rest = torch.stack([alpha[..., 1:], mean[..., 1:], beta_l[..., 1:], beta_r[..., 1:]], -1).flatten(-2)
     return torch.cat([first, rest], -1)
@@ -151,18 +172,20 @@ def _features(stats: torch.Tensor) -> torch.Tensor:
 
 def y_channel(x: torch.Tensor) -> torch.Tensor:
     """pyiqa's rounded 0..255 luma of (B, 3, H, W) RGB in [0, 1] (YIQ's Y, computed in x's dtype), or x * 255
-    rounded for (B, 1, H, W); as (B, H, W)."""
+    rounded for (B, 1, H, W); as (B, H, W). The rounding passes the gradient straight through (pyiqa's
+    ``diff_round``)."""
     if x.shape[1] == 3:
         y = torch.matmul(x.permute(0, 2, 3, 1), _YIQ.to(x)).permute(0, 3, 1, 2)[:, 0] * 255
     elif x.shape[1] == 1:
         y = x[:, 0] * 255
     else:
         raise ValueError(f"NIQE takes (B, 3, H, W) RGB or (B, 1, H, W) gray images, got shape {tuple(x.shape)}")
-    return y.round()
+    return y - y.detach() + y.round()
 
 
-def niqe(x: torch.Tensor, mu_pris: torch.Tensor, cov_pris: torch.Tensor) -> torch.Tensor:
-    """NIQE of (B, 3, H, W) RGB (or (B, 1, H, W) gray) in [0, 1] against a pristine model; (B,) float64."""
+def niqe(x: torch.Tensor, mu_pris: torch.Tensor, cov_pris: torch.Tensor, differentiable: bool = False) -> torch.Tensor:
+    """NIQE of (B, 3, H, W) RGB (or (B, 1, H, W) gray) in [0, 1] against a pristine model; (B,) float64.
+    ``differentiable``: interpolated AGGD shapes (see the module docstring), for a loss."""
     if x.ndim != 4:
         raise ValueError(f"NIQE takes a batch (B, C, H, W), got shape {tuple(x.shape)}")
     h, w = x.shape[-2:]
@@ -171,7 +194,7 @@ def niqe(x: torch.Tensor, mu_pris: torch.Tensor, cov_pris: torch.Tensor) -> torc
     img = y_channel(x[..., :h // BLOCK * BLOCK, :w // BLOCK * BLOCK]).double()  # pyiqa crops after y_channel
     stats1 = _block_stats(_normalize(img), BLOCK)
     stats2 = _block_stats(_normalize(_half(img)), BLOCK // 2)
-    feats = _features(torch.stack([stats1, stats2], 2)).flatten(2)  # (B, blocks, 36)
+    feats = _features(torch.stack([stats1, stats2], 2), differentiable).flatten(2)  # (B, blocks, 36)
     nan = feats.isnan()
     mu = torch.where(nan, 0, feats).sum(1) / (~nan).sum(1, dtype=torch.float32)
     valid = ~nan.any(-1, keepdim=True)  # the covariance uses the blocks with no NaN feature
@@ -189,15 +212,16 @@ def niqe(x: torch.Tensor, mu_pris: torch.Tensor, cov_pris: torch.Tensor) -> torc
 
 class NIQE(torch.nn.Module):
     """pyiqa's ``create_metric('niqe')`` (lower is better): forward((B, 3, H, W) RGB in [0, 1]) -> (B,) float64.
-    For scoring: no gradient flows through the rounded luma (pyiqa's metric, ``as_loss``, is the one to train with)."""
+    ``differentiable=True`` for a loss: a gradient that lowers NIQE, at a value within about 1e-3 of pyiqa's."""
 
     lower_better = True
 
-    def __init__(self) -> None:
+    def __init__(self, differentiable: bool = False) -> None:
         super().__init__()
+        self.differentiable = differentiable
         mu, cov = pristine_params()
         self.register_buffer("mu_pris", mu, persistent=False)
         self.register_buffer("cov_pris", cov, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return niqe(x, self.mu_pris, self.cov_pris)
+        return niqe(x, self.mu_pris, self.cov_pris, self.differentiable)

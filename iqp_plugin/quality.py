@@ -71,15 +71,16 @@ class Prior:
         return tuple(bool(_config(m).get("lower_better", False)) for m in self.metrics)
 
     def create_metrics(self, device="cpu", as_loss: bool = False) -> dict[str, nn.Module]:
-        """One frozen metric module per metric, created without downloads: pyiqa's, except NIQE for scoring on
-        the CPU, which is :class:`iqp_plugin.niqe.NIQE` (pyiqa's numbers within 1e-8, several times faster
-        and without importing pyiqa; no gradient, so losses keep pyiqa's)."""
+        """One frozen metric module per metric, created without downloads: pyiqa's, except NIQE
+        (:class:`iqp_plugin.niqe.NIQE`) for scoring on the CPU (pyiqa's numbers within 1e-8, several times
+        faster, without importing pyiqa) and for every loss (``as_loss``): pyiqa's NIQE gradient ignores the
+        AGGD shape features, and descending it raises NIQE."""
         modules = {}
         for name in self.metrics:
-            if name == "niqe" and not as_loss and torch.device(device).type == "cpu":
+            if name == "niqe" and (as_loss or torch.device(device).type == "cpu"):
                 from iqp_plugin.niqe import NIQE
 
-                module = NIQE()
+                module = NIQE(differentiable=as_loss).to(device)
             else:
                 module = create_metric(name, as_loss=as_loss, device=torch.device(device))
             modules[name] = module.eval().requires_grad_(False)
