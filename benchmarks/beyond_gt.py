@@ -14,7 +14,8 @@ The paper's claim as a controlled experiment with a pristine reference that trai
              pixel-shuffle plug-in correction).
 4. controls  the host trained further on the same data for as many iterations as the plug-in stages; the host
              fine-tuned on the top-scored GT only (filtering); the host trained on pristine GT (oracle).
-5. plug-in   the three IQP stages around the frozen host; stage 3 also in 'continuous' mode (ablation). The
+5. plug-in   the three IQP stages around the frozen host; stage 3 also in 'continuous' mode, and with the
+             injection W_o trained by the NIQE loss too (``quality_trains: plugin``) (ablations). The
              configs' plug-in is the ``standard`` preset, scaled down; the three stages are run again with
              the ``lean`` default preset (every preset option reset to lean, the configs' patch and upsampling
              kept), compared as 'IQP, lean default'.
@@ -137,7 +138,7 @@ def train(work: Path, config: str, device: torch.device, threads: int | None = N
 
 #: which trainings of a host family need which others first
 NEEDS = {"host": (), "oracle": (), "further": ("host",), "filtered": ("host",), "codebook": ("host",),
-         "predictor": ("codebook",), "quality": ("predictor",), "continuous": ("predictor",),
+         "predictor": ("codebook",), "quality": ("predictor",), "continuous": ("predictor",), "injection": ("predictor",),
          "bilinear_codebook": ("host",), "bilinear_predictor": ("bilinear_codebook",), "bilinear": ("bilinear_predictor",),
          "lean_codebook": ("host",), "lean_predictor": ("lean_codebook",), "lean": ("lean_predictor",)}
 #: the plug-in options of the lean default preset, set over a config's (its patch and upsampling stay)
@@ -196,6 +197,8 @@ def trainings(prefix: str, iters: dict) -> dict[str, tuple[str, dict]]:
         "quality": (f"{prefix}_quality", {"name": f"{base}_quality", **stage_opt["quality"]}),
         "continuous": (f"{prefix}_quality", {"name": f"{base}_continuous", "train:quality_mode": "continuous",
                                              **stage_opt["quality"]}),
+        "injection": (f"{prefix}_quality", {"name": f"{base}_injection", "train:quality_trains": "plugin",
+                                            **stage_opt["quality"]}),
         **_variant_chain(prefix, stage_opt, "lean", LEAN),
         **(_variant_chain(prefix, stage_opt, "bilinear", {"upsample": "bilinear"}) if prefix in PIXEL_SHUFFLE else {}),
     }
@@ -269,7 +272,7 @@ def evaluate(work: Path, prefix: str, device: torch.device) -> tuple[dict, dict]
     """Per-image metrics of every system of one host family, and its restored images (for figures)."""
     lq, gt = heldout_pairs(work, prefix)
     ckpt = {k: checkpoint(work, f"bgt_{prefix}_{k}") for k in
-            ("host", "oracle", "further", "filtered", "predictor", "quality", "continuous")}
+            ("host", "oracle", "further", "filtered", "predictor", "quality", "continuous", "injection")}
     host = {k: load_wrapper(wrapper_net(prefix, ckpt[k], False), device=device)
             for k in ("host", "oracle", "further", "filtered")}
     iqp = load_wrapper(wrapper_net(prefix, ckpt["host"], True), str(ckpt["quality"]), device)
@@ -287,6 +290,8 @@ def evaluate(work: Path, prefix: str, device: torch.device) -> tuple[dict, dict]
         load_wrapper(wrapper_net(prefix, ckpt["host"], True), str(ckpt["predictor"]), device), lq, device, TARGET)
     systems["IQP, continuous quality stage"] = lambda: restored(
         load_wrapper(wrapper_net(prefix, ckpt["host"], True), str(ckpt["continuous"]), device), lq, device, TARGET)
+    systems["IQP, injection trained in stage 3"] = lambda: restored(
+        load_wrapper(wrapper_net(prefix, ckpt["host"], True), str(ckpt["injection"]), device), lq, device, TARGET)
     variants = {"IQP, lean default": ("lean", LEAN)}
     if prefix in PIXEL_SHUFFLE:
         variants["IQP, bilinear correction"] = ("bilinear", {"upsample": "bilinear"})
@@ -341,6 +346,8 @@ def targets(per_image: dict, results: dict) -> dict:
                                                      METRICS[m][0], rtol=0.0) for m in METRICS},
         "discrete - continuous": {m: paired(per_image[iqp][m], per_image["IQP, continuous quality stage"][m],
                                             METRICS[m][0], rtol=0.0) for m in METRICS},
+        "stage 3 injection (frozen - trained)": {m: paired(per_image[iqp][m], per_image["IQP, injection trained in stage 3"][m],
+                                                           METRICS[m][0], rtol=0.0) for m in METRICS},
     }
     ablation["lean default - standard preset"] = {
         m: paired(per_image["IQP, lean default"][m], per_image[iqp][m], METRICS[m][0], rtol=0.0) for m in METRICS}

@@ -13,6 +13,7 @@
       pixel_opt: {type: L1Loss, loss_weight: 0.1}   # optional, on the decoded image
       quality_opt: {type: QualityLoss, metrics: [niqe], loss_weight: 0.15}   # stage 3
       quality_mode: discrete     # or 'continuous' (the over-optimisation ablation)
+      quality_trains: predictor  # stage 3 trains the code prediction only; 'plugin': W_o too (ablation)
       ema_decay: 0.995
 
 1. ``codebook``: GT images go through the frozen host encoder; their pooled features update the
@@ -24,7 +25,10 @@
    ``datasets:train:score_csv`` every target gets the plug-in's default score, with a warning.
 3. ``quality``: stage 2's losses plus ``QualityLoss`` on the image decoded from the predicted codes
    at the inference target score; straight-through over the code choice ('discrete'), or with the
-   plug-in output left unquantised ('continuous').
+   plug-in output left unquantised ('continuous'). The injection ``W_o`` that turns codes into the host's
+   features stays as stage 2 left it (``quality_trains: predictor``), as the paper's decoder does, so the
+   NR-IQA loss can move the output only between codes; ``quality_trains: plugin`` trains ``W_o`` too, and
+   the loss can then write a pattern of its own through it (measured: a periodic texture on SwinIR).
 
 The host never enters an optimiser and stays in eval mode. Checkpoints (``net_g_<iter>.pth``) hold the
 plug-in only (``params``, ``params_ema``) and name the host checkpoint by path and SHA-256; a
@@ -120,6 +124,12 @@ class IQPModel(BaseModel):
                 raise ValueError("stage quality needs train:quality_opt (e.g. {type: QualityLoss, metrics: [niqe]}).")
             q_opt = {"image_range": list(self.net_g.adapter.image_range), **train_opt["quality_opt"]}
             self.quality_loss = build_loss(q_opt).to(self.device)
+            trains = train_opt.get("quality_trains", "predictor")
+            if trains not in ("predictor", "plugin"):
+                raise ValueError(f"train:quality_trains must be 'predictor' (the code choice only) or 'plugin' "
+                                 f"(the injection too), got {trains!r}.")
+            if trains == "predictor":
+                self.plugin.freeze_injection()
         optim = dict(train_opt["optim_g"])
         optim_type = optim.pop("type")
         params = [p for p in self.plugin.parameters() if p.requires_grad]
@@ -219,7 +229,8 @@ class IQPModel(BaseModel):
     def model_ema(self, decay: float = 0.995) -> None:
         ema = dict(self.plugin_ema.named_parameters())
         for name, param in self.plugin.named_parameters():
-            ema[name].data.mul_(decay).add_(param.data, alpha=1 - decay)
+            if param.requires_grad:  # a frozen part keeps its own average (see quality_trains)
+                ema[name].data.mul_(decay).add_(param.data, alpha=1 - decay)
         for (name, buf), ema_buf in zip(self.plugin.named_buffers(), self.plugin_ema.buffers()):
             ema_buf.copy_(buf)
 

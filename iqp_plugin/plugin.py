@@ -287,6 +287,12 @@ class IQPPlugin(nn.Module):
         nn.init.zeros_(self.out_conv.weight)
         nn.init.zeros_(self.out_conv.bias)
 
+    def freeze_injection(self) -> None:
+        """Fix ``W_o``, the map from decoded codes to the host's features (discrete quality optimisation): a loss
+        can then change the output only by changing which codes are chosen (or, in 'continuous' mode, their
+        softmax mixture), never by writing a pattern of its own through ``W_o``."""
+        self.out_conv.requires_grad_(False)
+
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
         """Token grid (gh, gw) for a bottleneck of size (H, W)."""
         patch = self.cfg["patch"]

@@ -159,11 +159,31 @@ def quality_run(workdir, seed, steps=20):
 
 
 def test_quality_stage_improves_the_trained_metric(workdir):
-    """NIQE as a loss is rough (rounding to 8 bit and a grid search inside its AGGD fit), so on a
+    """NIQE as a loss is rough (its luma is rounded to 8 bit, straight-through), so on a
     random tiny host one run can wander; the stage must lower NIQE in most of three seeded runs."""
     runs = [quality_run(workdir, seed) for seed in range(3)]
     improved = [sum(r[-5:]) / 5 < r[0] for r in runs]
     assert sum(improved) >= 2, [(r[0], r[-5:]) for r in runs]
+
+
+def test_quality_stage_moves_the_injection_only_when_told(workdir):
+    """quality_trains: predictor (default) keeps W_o (live and EMA) as stage 2 left it, so the NR-IQA loss moves the
+    output only through the code choice; 'plugin' trains W_o too; any other value is refused."""
+    for trains, moves in (("predictor", False), ("plugin", True)):
+        torch.manual_seed(0)
+        model, loader = make_model(workdir, "quality", quality_trains=trains)
+        torch.nn.init.normal_(model.plugin.out_conv.weight, std=0.01)  # as after stage 2
+        model.plugin_ema.load_state_dict(model.plugin.state_dict())
+        before = {k: v.clone() for k, v in model.plugin.state_dict().items()}
+        model.feed_data(fixed_batch(loader))
+        for it in range(2):
+            model.optimize_parameters(it)
+        for net in (model.plugin, model.plugin_ema):
+            after = net.state_dict()
+            assert torch.equal(after["out_conv.weight"], before["out_conv.weight"]) is not moves, trains
+            assert not torch.equal(after["blocks.0.attn.qkv.weight"], before["blocks.0.attn.qkv.weight"]), trains
+    with pytest.raises(ValueError, match="quality_trains must be 'predictor'"):
+        make_model(workdir, "quality", quality_trains="everything")
 
 
 def test_non_finite_loss_step_is_skipped(workdir, monkeypatch):
