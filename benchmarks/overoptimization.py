@@ -16,8 +16,8 @@ discrete run (changes from iteration 0, the shared stage-2 plug-in); the script 
 The data, scores, host and stages 1-2 are those of benchmarks/quality.py in its work folder
 (``--work``, default benchmarks/out/quality/work_<budget>), reused when present and built otherwise.
 
-    python benchmarks/overoptimization.py --budget small --out benchmarks/out/overoptimization       # CPU
-    python benchmarks/overoptimization.py --budget full --device cuda --out $OUT/overoptimization   # GPU
+    python benchmarks/overoptimization.py --budget small --data DATA --out benchmarks/out/overoptimization       # CPU
+    python benchmarks/overoptimization.py --budget full --device cuda --data DATA --out $OUT/overoptimization   # GPU
 """
 from __future__ import annotations
 

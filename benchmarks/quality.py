@@ -20,8 +20,8 @@ Every training runs the project's entry point (``python -m iqp_plugin.train -opt
 --force_yml ...``) in WORK = OUT/work_<budget>; the budget only changes iteration counts and image counts.
 A rerun reuses the data, the scores and every training whose ``net_g_latest.pth`` exists.
 
-    python benchmarks/quality.py --budget small --out benchmarks/out/quality            # CPU, ~15 min
-    python benchmarks/quality.py --budget full --device cuda --out $OUT/quality         # GPU
+    python benchmarks/quality.py --budget small --data DATA --out benchmarks/out/quality      # CPU, ~15 min
+    python benchmarks/quality.py --budget full --device cuda --data DATA --out $OUT/quality   # GPU
 """
 from __future__ import annotations
 
