@@ -9,10 +9,10 @@ checks it against pyiqa on real faces. The pristine model is basicsr's ``metrics
 pyiqa, it raises an error for an image under 96 px high or wide and for a batch holding a flat image.
 
 Loss (``NIQE(differentiable=True)``): pyiqa picks each AGGD shape ``alpha`` by an argmin over a table, so its
-gradient treats 10 of the 36 features (the shapes, and the neighbour means and scales computed from them) as
-constants; descending it raises NIQE after a few steps (``tests/test_niqe.py``). Here ``alpha`` is the table's
-inverse interpolated linearly between the two nearest entries, and the rounding of the luma passes the
-gradient straight through, as pyiqa's does. The value stays within about 1e-3 of pyiqa's.
+gradient gives the 10 shape features of the 36 none, and the scales and means computed from the shapes only a
+part of theirs; descending it raises NIQE after a few steps (``tests/test_niqe.py``). Here ``alpha`` is the
+table's inverse interpolated linearly between the two nearest entries, and the rounding of the luma passes the
+gradient straight through, as pyiqa's does. The value stays within a few thousandths of pyiqa's.
 This module imports nothing from iqp_plugin.
 """
 from __future__ import annotations
@@ -212,7 +212,7 @@ def niqe(x: torch.Tensor, mu_pris: torch.Tensor, cov_pris: torch.Tensor, differe
 
 class NIQE(torch.nn.Module):
     """pyiqa's ``create_metric('niqe')`` (lower is better): forward((B, 3, H, W) RGB in [0, 1]) -> (B,) float64.
-    ``differentiable=True`` for a loss: a gradient that lowers NIQE, at a value within about 1e-3 of pyiqa's."""
+    ``differentiable=True`` for a loss: a gradient that lowers NIQE, at a value within a few thousandths of pyiqa's."""
 
     lower_better = True
 
