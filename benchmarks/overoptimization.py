@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     meta = {"budget": args.budget, "device": str(device), "wall_s": round(time.perf_counter() - start, 1),
             "steps_s": times, "iters": budget["iters"], "every": budget["every"], "n_heldout": len(samples[0]),
             "quality_loss_weight": args.quality_weight, "lr": args.lr,
-            "config": "configs/bench/face_quality.yml", "work": str(work), "start": str(stage2),
+            "config": "configs/bench/face_quality.yml", "work": work.name, "start": str(stage2.relative_to(work)),
             "plot": "overoptimization.png",
             "torch": torch.__version__}
     result = {"meta": meta, "curves": curves, "claim": verdict}
