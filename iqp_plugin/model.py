@@ -11,6 +11,7 @@
       ce_hq_weight: 0.5
       feat_weight: 1.0           # MSE between predicted codes and the GT's codes
       pixel_opt: {type: L1Loss, loss_weight: 0.1}   # optional, on the decoded image
+      teacher_forcing: false     # stage 2: W_o learns from the GT's own codes, the Transformer from its predicted ones
       quality_opt: {type: QualityLoss, metrics: [niqe], loss_weight: 0.15}   # stage 3
       quality_mode: discrete     # or 'continuous' (the over-optimisation ablation)
       quality_trains: predictor  # stage 3 trains the code prediction only; 'plugin': W_o too (ablation)
@@ -23,6 +24,12 @@
 2. ``predictor``: LQ images, conditioned on their target's score, train the Transformer to predict
    the GT's code indices in both codebooks (cross-entropy) and their code features (MSE). Without
    ``datasets:train:score_csv`` every target gets the plug-in's default score, with a warning.
+   With ``teacher_forcing: true`` the injection ``W_o`` learns to decode the GT's own codes (``l_pix_teacher``,
+   as an autoencoder's decoder learns before a code predictor is trained), and the pixel loss on the
+   predicted codes reaches only the Transformer. Without it, ``W_o`` learns from the predicted codes and, while
+   they are unreliable, learns to ignore them. Measured on the beyond_gt SwinIR setup (benchmarks/README.md):
+   without it the output does not depend on the score; with it, it does, but so far only outside the training
+   scores' range, and 0.3 dB below the host.
 3. ``quality``: stage 2's losses plus ``QualityLoss`` on the image decoded from the predicted codes
    at the inference target score; straight-through over the code choice ('discrete'), or with the
    plug-in output left unquantised ('continuous'). The injection ``W_o`` that turns codes into the host's
@@ -119,6 +126,9 @@ class IQPModel(BaseModel):
             warnings.warn(message)
             get_root_logger().warning(message)
         self.pixel_loss = build_loss(train_opt["pixel_opt"]).to(self.device) if train_opt.get("pixel_opt") else None
+        self.teacher_forcing = bool(train_opt.get("teacher_forcing", False))
+        if self.teacher_forcing and self.pixel_loss is None:
+            raise ValueError("train:teacher_forcing needs train:pixel_opt (the loss W_o learns from the GT's own codes by).")
         self.quality_loss = None
         if self.stage == "quality":
             if not train_opt.get("quality_opt"):
@@ -195,9 +205,14 @@ class IQPModel(BaseModel):
     def losses(self) -> OrderedDict:
         """The stage's losses for the current batch (the quality stage adds the NR-IQA loss)."""
         train_opt = self.opt["train"]
-        idx_c, idx_h, target_codes = self.plugin.codebook.targets(self._gt_tokens().flatten(0, 1))
-        out, aux = self.net_g.restore(self.lq, score=self.score)
+        tokens = self._gt_tokens()
+        idx_c, idx_h, target_codes = self.plugin.codebook.targets(tokens.flatten(0, 1))
+        teacher = self.teacher_forcing and self.plugin.out_conv.weight.requires_grad
+        out, aux = self.net_g.restore(self.lq, score=self.score, detach_injection=teacher)
         losses = OrderedDict()
+        if teacher:  # W_o learns to decode the GT's own codes; the losses on predicted codes train the predictor
+            losses["l_pix_teacher"] = self.pixel_loss(self.net_g.restore_from_codes(self.lq, target_codes.view(tokens.shape)),
+                                                      self.gt)
         losses["l_ce_common"] = train_opt.get("ce_common_weight", 0.5) * F.cross_entropy(aux.logits_common.flatten(0, 1), idx_c)
         losses["l_ce_hq"] = train_opt.get("ce_hq_weight", 0.5) * F.cross_entropy(aux.logits_hq.flatten(0, 1), idx_h)
         losses["l_feat"] = train_opt.get("feat_weight", 1.0) * F.mse_loss(aux.codes.flatten(0, 1), target_codes)

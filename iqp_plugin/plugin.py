@@ -386,16 +386,27 @@ class IQPPlugin(nn.Module):
             x = torch.addcmul(cond.out[0], x, cond.out[1])
         return (self.head_common(x, self.codebook.common.weight), self.head_hq(x, self.codebook.hq.weight), grid)
 
-    def forward(self, feat: torch.Tensor, z: torch.Tensor, score=None) -> PluginOutput:
-        """Predict codes from ``feat`` and return the decoder input ``z' = z + U(W_o (q - P(z)))``."""
+    def forward(self, feat: torch.Tensor, z: torch.Tensor, score=None, detach_injection: bool = False) -> PluginOutput:
+        """Predict codes from ``feat`` and return the decoder input ``z' = z + U(W_o (q - P(z)))`` (see
+        :meth:`inject` for ``detach_injection``)."""
         logits_c, logits_h, grid = self.predict(feat, score)
         codes = self.codebook.decode(logits_c, logits_h,
                                      self.mode if self.training or self.mode == "continuous" else "hard")
+        return PluginOutput(self.inject(codes, z, detach_injection), logits_c, logits_h, codes, grid)
+
+    def inject(self, codes: torch.Tensor, z: torch.Tensor, detach_injection: bool = False) -> torch.Tensor:
+        """``z + U(W_o (q - P(z)))`` for (B, N, C) codes ``q`` on the token grid of ``z``. With
+        ``detach_injection``, ``W_o`` is used but gets no gradient (teacher forcing: a loss on predicted codes
+        then trains only the code prediction)."""
+        grid = self.grid_size(*z.shape[-2:])
         delta = rearrange(codes - self.pool(z), "b (h w) c -> b c h w", h=grid[0], w=grid[1])
-        delta = self.out_conv(delta)
+        weight, bias = self.out_conv.weight, self.out_conv.bias
+        if detach_injection:
+            weight, bias = weight.detach(), bias.detach()
+        delta = F.conv2d(delta, weight, bias)
         height, width = z.shape[-2:]
         if self.shuffle > 1:  # each token's p x p pixels; (gh * p, gw * p) >= (H, W): crop the excess
             delta = F.pixel_shuffle(delta, self.shuffle)[..., :height, :width]
         if tuple(delta.shape[-2:]) != (height, width):
             delta = F.interpolate(delta, size=(height, width), mode="bilinear", align_corners=False)
-        return PluginOutput(z + delta, logits_c, logits_h, codes, grid)
+        return z + delta

@@ -82,18 +82,27 @@ class IQPWrapper(nn.Module):
         """Restore ``lq`` (in the host's image range) asking the plug-in for quality ``score``."""
         return self.restore(lq, score, **host_kwargs)[0]
 
-    def restore(self, lq: torch.Tensor, score=None, **host_kwargs) -> tuple[torch.Tensor, PluginOutput | None]:
-        """Like ``forward`` but also returns the plug-in's logits and codes (for training losses)."""
+    def restore(self, lq: torch.Tensor, score=None, detach_injection: bool = False,
+                **host_kwargs) -> tuple[torch.Tensor, PluginOutput | None]:
+        """Like ``forward`` but also returns the plug-in's logits and codes (for training losses);
+        ``detach_injection``: see :meth:`IQPPlugin.inject`."""
         aux: list[PluginOutput] = []
 
         def inject(b: Bottleneck) -> torch.Tensor:
-            aux.append(self.plugin(b.feat, b.z, score))
+            aux.append(self.plugin(b.feat, b.z, score, detach_injection))
             return aux[-1].z
 
+        return self._run(lq, inject if self.plugin is not None else None, **host_kwargs), (aux[-1] if aux else None)
+
+    def restore_from_codes(self, lq: torch.Tensor, codes: torch.Tensor, **host_kwargs) -> torch.Tensor:
+        """The output with the plug-in's injection fed ``codes`` (B, N, C), such as the GT's own, in place of
+        predicted ones (teacher forcing of ``W_o``)."""
+        return self._run(lq, lambda b: self.plugin.inject(codes, b.z), **host_kwargs)
+
+    def _run(self, lq: torch.Tensor, inject, **host_kwargs) -> torch.Tensor:
         recompute = self.recompute_decoder and self.training and torch.is_grad_enabled()
         with _recomputed(self.adapter.decoder_blocks() if recompute else []):
-            out = self.adapter.run(lq, inject if self.plugin is not None else None, **host_kwargs)
-        return out, (aux[-1] if aux else None)
+            return self.adapter.run(lq, inject, **host_kwargs)
 
     def plugin_state_dict(self) -> dict[str, torch.Tensor]:
         """Only the plug-in's weights and codebooks (host weights are referred to, never copied)."""

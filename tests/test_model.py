@@ -186,6 +186,24 @@ def test_quality_stage_moves_the_injection_only_when_told(workdir):
         make_model(workdir, "quality", quality_trains="everything")
 
 
+def test_teacher_forcing_splits_the_pixel_losses(workdir):
+    """teacher_forcing: W_o learns only from the output decoded from the GT's own codes (l_pix_teacher), the
+    Transformer only from the losses on its predicted codes (l_pix reaches W_o not at all)."""
+    torch.manual_seed(0)
+    model, loader = make_model(workdir, "predictor", teacher_forcing=True)
+    torch.nn.init.normal_(model.plugin.out_conv.weight, std=0.01)  # so that gradients reach the Transformer
+    model.feed_data(fixed_batch(loader))
+    losses = model.losses()
+    assert set(losses) >= {"l_pix", "l_pix_teacher"}
+    params = {"W_o": model.plugin.out_conv.weight, "Transformer": model.plugin.in_proj.weight}
+    grads = {name: torch.autograd.grad(losses[name], list(params.values()), allow_unused=True)
+             for name in ("l_pix", "l_pix_teacher")}
+    assert grads["l_pix"][0] is None and grads["l_pix"][1].abs().sum() > 0
+    assert grads["l_pix_teacher"][0].abs().sum() > 0 and grads["l_pix_teacher"][1] is None
+    with pytest.raises(ValueError, match="teacher_forcing needs train:pixel_opt"):
+        make_model(workdir, "predictor", teacher_forcing=True, pixel_opt=None)
+
+
 def test_non_finite_loss_step_is_skipped(workdir, monkeypatch):
     model, loader = make_model(workdir, "predictor")
     model.feed_data(fixed_batch(loader))
