@@ -18,7 +18,9 @@ The paper's claim as a controlled experiment with a pristine reference that trai
              injection W_o trained by the NIQE loss too (``quality_trains: plugin``) (ablations). The
              configs' plug-in is the ``standard`` preset, scaled down; the three stages are run again with
              the ``lean`` default preset (every preset option reset to lean, the configs' patch and upsampling
-             kept), compared as 'IQP, lean default'.
+             kept), compared as 'IQP, lean default'. The stages 2-3 again with ``teacher_forcing`` in stage 2
+             (W_o learns from the GT's own codes, the Transformer from its predicted ones), as
+             'IQP teacher-forced', swept over the scores and held to targets 1-3 too.
 6. evaluate  on the held-out images, degraded once with the host's training degradations (seed 0): PSNR and
              SSIM against the pristine image, NIQE, PIQE and the sharpness ratio (high-frequency energy of the
              output over that of the pristine image); host + IQP at every score of ``SCORES``, with its HQ
@@ -67,6 +69,8 @@ SIZE = 128
 SCORES = (0.1, 0.3, 0.5, 0.7, 0.95)
 TARGET = 0.95
 PRIOR, HELDOUT_NR = "niqe", "piqe"
+#: the plug-in whose W_o learned from the GT's own codes in stage 2 (``train: teacher_forcing``)
+TEACHER = "IQP teacher-forced"
 #: per host family: config prefix in configs/beyond_gt/
 HOSTS = {"restoreformer": "rf", "swinir": "sw"}
 #: families whose plug-in uses the pixel-shuffle correction: they also train the bilinear ablation
@@ -139,6 +143,7 @@ def train(work: Path, config: str, device: torch.device, threads: int | None = N
 #: which trainings of a host family need which others first
 NEEDS = {"host": (), "oracle": (), "further": ("host",), "filtered": ("host",), "codebook": ("host",),
          "predictor": ("codebook",), "quality": ("predictor",), "continuous": ("predictor",), "injection": ("predictor",),
+         "teacher_predictor": ("codebook",), "teacher": ("teacher_predictor",),
          "bilinear_codebook": ("host",), "bilinear_predictor": ("bilinear_codebook",), "bilinear": ("bilinear_predictor",),
          "lean_codebook": ("host",), "lean_predictor": ("lean_codebook",), "lean": ("lean_predictor",)}
 #: the plug-in options of the lean default preset, set over a config's (its patch and upsampling stay)
@@ -199,6 +204,10 @@ def trainings(prefix: str, iters: dict) -> dict[str, tuple[str, dict]]:
                                              **stage_opt["quality"]}),
         "injection": (f"{prefix}_quality", {"name": f"{base}_injection", "train:quality_trains": "plugin",
                                             **stage_opt["quality"]}),
+        "teacher_predictor": (f"{prefix}_predictor", {"name": f"{base}_teacher_predictor", "train:teacher_forcing": True,
+                                                       **stage_opt["predictor"]}),
+        "teacher": (f"{prefix}_quality", {"name": f"{base}_teacher", **stage_opt["quality"],
+                                          "path:pretrain_network_g": f"experiments/{base}_teacher_predictor/models/net_g_latest.pth"}),
         **_variant_chain(prefix, stage_opt, "lean", LEAN),
         **(_variant_chain(prefix, stage_opt, "bilinear", {"upsample": "bilinear"}) if prefix in PIXEL_SHUFFLE else {}),
     }
@@ -272,10 +281,11 @@ def evaluate(work: Path, prefix: str, device: torch.device) -> tuple[dict, dict]
     """Per-image metrics of every system of one host family, and its restored images (for figures)."""
     lq, gt = heldout_pairs(work, prefix)
     ckpt = {k: checkpoint(work, f"bgt_{prefix}_{k}") for k in
-            ("host", "oracle", "further", "filtered", "predictor", "quality", "continuous", "injection")}
+            ("host", "oracle", "further", "filtered", "predictor", "quality", "continuous", "injection", "teacher")}
     host = {k: load_wrapper(wrapper_net(prefix, ckpt[k], False), device=device)
             for k in ("host", "oracle", "further", "filtered")}
     iqp = load_wrapper(wrapper_net(prefix, ckpt["host"], True), str(ckpt["quality"]), device)
+    teacher = load_wrapper(wrapper_net(prefix, ckpt["host"], True), str(ckpt["teacher"]), device)
     image_range = iqp.adapter.image_range
     pristine = as_8bit(gt, image_range)
     systems = {"input (LQ)": lambda: as_8bit(lq, image_range),
@@ -285,6 +295,8 @@ def evaluate(work: Path, prefix: str, device: torch.device) -> tuple[dict, dict]
                "oracle (pristine GT)": lambda: restored(host["oracle"], lq, device)}
     for s in SCORES:
         systems[f"host + IQP @{s}"] = lambda s=s: restored(iqp, lq, device, score=s)
+    for s in SCORES:
+        systems[f"{TEACHER} @{s}"] = lambda s=s: restored(teacher, lq, device, score=s)
     systems["IQP, HQ branch off"] = lambda: _hq_off(iqp, lq, device)
     systems["IQP, no quality stage"] = lambda: restored(
         load_wrapper(wrapper_net(prefix, ckpt["host"], True), str(ckpt["predictor"]), device), lq, device, TARGET)
@@ -328,32 +340,36 @@ def spearman(x: list[float], y: list[float]) -> float:
 
 
 def targets(per_image: dict, results: dict) -> dict:
-    """The issue's four targets at budget small, each with its numbers and 'met'. Verdicts: paired differences
-    beyond NOISE_SE standard errors, with no relative floor (``rtol=0``: 100 images resolve small differences)."""
+    """The issue's four targets at budget small, each with its numbers and 'met', for the configs' plug-in,
+    and targets 1-3 again for the teacher-forced one. Verdicts: paired differences beyond NOISE_SE standard
+    errors, with no relative floor (``rtol=0``: 100 images resolve small differences)."""
     iqp = f"host + IQP @{TARGET}"
+    pairs = {
+        "HQ branch (on - off)": (iqp, "IQP, HQ branch off"),
+        "quality stage (with - without)": (iqp, "IQP, no quality stage"),
+        "discrete - continuous": (iqp, "IQP, continuous quality stage"),
+        "stage 3 injection (frozen - trained)": (iqp, "IQP, injection trained in stage 3"),
+        "lean default - standard preset": ("IQP, lean default", iqp),
+        "pixel-shuffle - bilinear correction": (iqp, "IQP, bilinear correction"),
+        "stage-2 W_o from GT codes (teacher-forced) - from predicted codes": (f"{TEACHER} @{TARGET}", iqp),
+    }
+    ablation = {name: {m: paired(per_image[a][m], per_image[b][m], METRICS[m][0], rtol=0.0) for m in METRICS}
+                for name, (a, b) in pairs.items() if a in per_image and b in per_image}
+    return {**target_rows(per_image, results, "host + IQP"), "4 ablations": ablation,
+            "teacher-forced": target_rows(per_image, results, TEACHER)}
+
+
+def target_rows(per_image: dict, results: dict, system: str) -> dict:
+    """Targets 1-3 for the plug-in whose outputs are named ``<system> @<score>``."""
+    iqp = f"{system} @{TARGET}"
     psnr = {k: v["psnr"]["mean"] for k, v in results.items()}
-    sweep = {m: [results[f"host + IQP @{s}"][m]["mean"] for s in SCORES] for m in ("psnr", "sharpness")}
+    sweep = {m: [results[f"{system} @{s}"][m]["mean"] for s in SCORES] for m in ("psnr", "sharpness")}
     rho = {m: spearman(list(SCORES), v) for m, v in sweep.items()}
     gain = psnr["host"] - psnr["input (LQ)"]
     gap = psnr["oracle (pristine GT)"] - psnr["host"]
     closed = (psnr[iqp] - psnr["host"]) / gap if gap > 0 else float("nan")
     vs = {base: {m: paired(per_image[iqp][m], per_image[base][m], METRICS[m][0], rtol=0.0) for m in METRICS}
           for base in ("host", "host trained further", "host on top-scored GT", "oracle (pristine GT)")}
-    ablation = {
-        "HQ branch (on - off)": {m: paired(per_image[iqp][m], per_image["IQP, HQ branch off"][m], METRICS[m][0], rtol=0.0)
-                                 for m in METRICS},
-        "quality stage (with - without)": {m: paired(per_image[iqp][m], per_image["IQP, no quality stage"][m],
-                                                     METRICS[m][0], rtol=0.0) for m in METRICS},
-        "discrete - continuous": {m: paired(per_image[iqp][m], per_image["IQP, continuous quality stage"][m],
-                                            METRICS[m][0], rtol=0.0) for m in METRICS},
-        "stage 3 injection (frozen - trained)": {m: paired(per_image[iqp][m], per_image["IQP, injection trained in stage 3"][m],
-                                                           METRICS[m][0], rtol=0.0) for m in METRICS},
-    }
-    ablation["lean default - standard preset"] = {
-        m: paired(per_image["IQP, lean default"][m], per_image[iqp][m], METRICS[m][0], rtol=0.0) for m in METRICS}
-    if "IQP, bilinear correction" in per_image:
-        ablation["pixel-shuffle - bilinear correction"] = {
-            m: paired(per_image[iqp][m], per_image["IQP, bilinear correction"][m], METRICS[m][0], rtol=0.0) for m in METRICS}
     return {
         "1 the score steers": {"spearman": rho, "sweep": sweep, "met": all(r >= 0.9 for r in rho.values())},
         "2 the prior beats more training": {
@@ -365,18 +381,18 @@ def targets(per_image: dict, results: dict) -> dict:
                         and vs["host trained further"]["psnr"]["verdict"] == "better")},
         "3 it holds up against filtering": {"verdict vs host on top-scored GT": vs["host on top-scored GT"]["psnr"]["verdict"],
                                             "met": vs["host on top-scored GT"]["psnr"]["verdict"] in ("same", "better")},
-        "4 ablations": ablation,
         "paired": vs,
     }
 
 
 # ---------------------------------------------------------------- figures and report
 def save_grid(path: Path, images: dict, count: int = 6) -> None:
-    """Rows: the first ``count`` held-out images; columns: input | host | host + IQP | oracle | pristine."""
+    """Rows: the first ``count`` held-out images; columns: input | host | host + IQP (both plug-ins) | oracle |
+    pristine."""
     import cv2
 
     columns = {"input": "input (LQ)", "host": "host", f"host + IQP @{TARGET}": f"host + IQP @{TARGET}",
-               "oracle": "oracle (pristine GT)", "pristine": "pristine"}
+               "teacher-forced @0.95": f"{TEACHER} @{TARGET}", "oracle": "oracle (pristine GT)", "pristine": "pristine"}
     rows = []
     for i in range(min(count, len(images["pristine"]))):
         tiles = [(images[key][i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for key in columns.values()]
@@ -402,9 +418,10 @@ def save_sweep(path: Path, results: dict[str, dict]) -> None:
     for ax, metric in zip(axes, ("psnr", "sharpness")):
         for k, (family, res) in enumerate(results.items()):
             colour = f"C{k}"
-            means = [res[f"host + IQP @{s}"][metric]["mean"] for s in SCORES]
-            errs = [res[f"host + IQP @{s}"][metric]["sem"] for s in SCORES]
-            ax.errorbar(SCORES, means, yerr=errs, marker="o", color=colour, label=f"{family}: host + IQP")
+            for system, style in (("host + IQP", "-o"), (TEACHER, "-.s")):
+                means = [res[f"{system} @{s}"][metric]["mean"] for s in SCORES]
+                errs = [res[f"{system} @{s}"][metric]["sem"] for s in SCORES]
+                ax.errorbar(SCORES, means, yerr=errs, fmt=style, color=colour, label=f"{family}: {system}")
             ax.axhline(res["host"][metric]["mean"], color=colour, ls="--", lw=1, label=f"{family}: host")
             ax.axhline(res["oracle (pristine GT)"][metric]["mean"], color=colour, ls=":", lw=1.5,
                        label=f"{family}: oracle")
@@ -419,6 +436,24 @@ def save_sweep(path: Path, results: dict[str, dict]) -> None:
 
 def fmt(stat: dict, digits: int) -> str:
     return "-" if stat["mean"] is None else f"{stat['mean']:.{digits}f} ± {stat['sem']:.{digits}f}"
+
+
+def target_table(tg: dict) -> str:
+    """Targets 1-3 of one plug-in (:func:`target_rows`) as a markdown table."""
+    t1, t2, t3 = tg["1 the score steers"], tg["2 the prior beats more training"], tg["3 it holds up against filtering"]
+    word = {True: "**met**", False: "**missed**"}
+    return "\n".join([
+        "| target | numbers | |", "|---|---|---|",
+        f"| 1. the score steers (Spearman ρ ≥ 0.9 over {list(SCORES)}) | ρ PSNR {t1['spearman']['psnr']:+.2f}, "
+        f"ρ sharpness {t1['spearman']['sharpness']:+.2f}; PSNR " + " / ".join(f"{v:.2f}" for v in t1["sweep"]["psnr"])
+        + " | " + word[t1["met"]] + " |",
+        f"| 2a. setup valid (host - input ≥ 1 dB, oracle - host ≥ 0.5 dB) | {t2['host gain over input (dB)']:+.2f} dB, "
+        f"{t2['oracle gap (dB)']:+.2f} dB | " + word[t2["setup valid"]] + " |",
+        f"| 2b. closes ≥ half the oracle gap, 'better' than host and host trained further | "
+        f"{t2['gap closed']:.0%} closed; vs host: {t2['verdict vs host']}; vs trained further: "
+        f"{t2['verdict vs host trained further']} | " + word[t2["met"]] + " |",
+        f"| 3. at least matches filtering | vs host on top-scored GT: {t3['verdict vs host on top-scored GT']} | "
+        + word[t3["met"]] + " |"])
 
 
 def report(meta: dict, prior: dict, families: dict) -> str:
@@ -438,27 +473,16 @@ def report(meta: dict, prior: dict, families: dict) -> str:
         header = ["system", "PSNR ↑", "SSIM ↑", "sharpness →1", "NIQE ↓ (prior)", "PIQE ↓ (held out)"]
         rows = [[name] + [fmt(stats[m], digits[m]) for m in ("psnr", "ssim", "sharpness", PRIOR, HELDOUT_NR)]
                 for name, stats in res.items()]
-        t1, t2, t3 = tg["1 the score steers"], tg["2 the prior beats more training"], tg["3 it holds up against filtering"]
-        word = {True: "**met**", False: "**missed**"}
-        lines += [f"## {family}", "", markdown_table(header, rows), "", f"![grid]({fam['grid']}) ", "",
-                  "| target | numbers | |", "|---|---|---|",
-                  f"| 1. the score steers (Spearman ρ ≥ 0.9 over {list(SCORES)}) | ρ PSNR {t1['spearman']['psnr']:+.2f}, "
-                  f"ρ sharpness {t1['spearman']['sharpness']:+.2f}; PSNR "
-                  + " / ".join(f"{v:.2f}" for v in t1["sweep"]["psnr"]) + " | " + word[t1["met"]] + " |",
-                  f"| 2a. setup valid (host - input ≥ 1 dB, oracle - host ≥ 0.5 dB) | {t2['host gain over input (dB)']:+.2f} dB, "
-                  f"{t2['oracle gap (dB)']:+.2f} dB | " + word[t2["setup valid"]] + " |",
-                  f"| 2b. host + IQP closes ≥ half the oracle gap, 'better' than host and host trained further | "
-                  f"{t2['gap closed']:.0%} closed; vs host: {t2['verdict vs host']}; vs trained further: "
-                  f"{t2['verdict vs host trained further']} | " + word[t2["met"]] + " |",
-                  f"| 3. at least matches filtering | vs host on top-scored GT: {t3['verdict vs host on top-scored GT']} | "
-                  + word[t3["met"]] + " |", "",
-                  f"Paired differences of host + IQP @{TARGET} (mean ± s.e.; better/worse beyond {NOISE_SE:g} s.e.):", ""]
-        header = ["minus", *METRICS]
-        rows = [[base] + [f"{d['mean']:+.3f} ± {d['sem']:.3f} ({d['verdict']})" for d in ms.values()]
-                for base, ms in tg["paired"].items()]
-        rows += [[f"ablation: {name}"] + [f"{d['mean']:+.3f} ± {d['sem']:.3f} ({d['verdict']})" for d in ms.values()]
-                 for name, ms in tg["4 ablations"].items()]
-        lines += [markdown_table(header, rows), ""]
+        lines += [f"## {family}", "", markdown_table(header, rows), "", f"![grid]({fam['grid']}) ", ""]
+        for system, rows_of in (("host + IQP", tg), (TEACHER, tg["teacher-forced"])):
+            lines += [f"Targets for {system}:", "", target_table(rows_of), "",
+                      f"Paired differences of {system} @{TARGET} (mean ± s.e.; better/worse beyond {NOISE_SE:g} s.e.):", ""]
+            rows = [[base] + [f"{d['mean']:+.3f} ± {d['sem']:.3f} ({d['verdict']})" for d in ms.values()]
+                    for base, ms in rows_of["paired"].items()]
+            if system == "host + IQP":
+                rows += [[f"ablation: {name}"] + [f"{d['mean']:+.3f} ± {d['sem']:.3f} ({d['verdict']})" for d in ms.values()]
+                         for name, ms in tg["4 ablations"].items()]
+            lines += [markdown_table(["minus", *METRICS], rows), ""]
     lines += [f"![sweep]({meta['sweep_plot']})", "", f"Wall time {meta['wall_s']:.0f} s; steps (s): "
               + ", ".join(f"{k} {v}" for k, v in meta["steps_s"].items()) + "."]
     return "\n".join(lines)

@@ -94,16 +94,18 @@ def test_tiny_run_on_bundled_crops(hq, tmp_path):
     for fam in data["families"].values():
         systems = fam["results"]
         assert {"host", "oracle (pristine GT)", "host trained further", "host on top-scored GT",
-                *(f"host + IQP @{s}" for s in beyond_gt.SCORES)} <= set(systems)
+                *(f"{system} @{s}" for s in beyond_gt.SCORES for system in ("host + IQP", beyond_gt.TEACHER))} <= set(systems)
         for name, stats in systems.items():
             if name == "pristine (reference)":  # PSNR of an image against itself is infinite
                 continue
             for metric, stat in stats.items():
                 assert stat["n"] == 4 and (stat["mean"] is None or math.isfinite(stat["mean"])), (name, metric)
         assert set(fam["targets"]) >= {"1 the score steers", "2 the prior beats more training",
-                                       "3 it holds up against filtering", "4 ablations"}
+                                       "3 it holds up against filtering", "4 ablations", "teacher-forced"}
+        assert set(fam["targets"]["teacher-forced"]) >= {"1 the score steers", "2 the prior beats more training"}
         assert (out / fam["grid"]).stat().st_size > 0
     assert (out / "sweep.png").stat().st_size > 0
     markdown = (out / "beyond_gt.md").read_text()
     assert "## restoreformer" in markdown and "## swinir" in markdown and "| 2a. setup valid" in markdown
+    assert f"Targets for {beyond_gt.TEACHER}" in markdown
     assert len((out / "work_tiny" / "data" / "train_scores.csv").read_text().splitlines()) == 13
