@@ -173,9 +173,11 @@ class IQPDegradedDataset(_ScoredFolder):
     blur_kernel_size [41]; kernel_list [['iso', 'aniso']]; kernel_prob [[0.5, 0.5]]; blur_sigma [[1, 15]]
     (None to skip); downsample_range [[4, 30]] (None to skip); noise_range [[0, 20]] (0-255 scale, None to skip);
     jpeg_range [[30, 80]] (None to skip); use_hflip [True in training]; image_range [[0, 1]], e.g. [-1, 1];
-    phase ['train']; seed [None in training, 0 otherwise].
+    phase ['train']; seed [None in training, 0 otherwise]; dataroot_source [None: the LQ is degraded from
+    the GT; a folder: from its image of the same name, cropped and flipped as the GT, e.g. the pristine
+    capture of a lower-quality target, so that the input does not show the target's quality].
 
-    Returns dict(lq, gt: CHW RGB float tensors in image_range, lq_path (= gt_path), gt_path,
+    Returns dict(lq, gt: CHW RGB float tensors in image_range, lq_path (the source image's path, or gt_path), gt_path,
     score: float32 scalar tensor, only with score_csv).
     """
 
@@ -193,6 +195,12 @@ class IQPDegradedDataset(_ScoredFolder):
         self.downsample_range = opt.get("downsample_range", [4, 30])
         self.noise_range = opt.get("noise_range", [0, 20])
         self.jpeg_range = opt.get("jpeg_range", [30, 80])
+        self.source_root = Path(opt["dataroot_source"]) if opt.get("dataroot_source") else None
+        if self.source_root is not None:
+            missing = [n for n in self.gt_names if not (self.source_root / n).is_file()]
+            if missing:
+                raise FileNotFoundError(f"dataroot_source {self.source_root} lacks {len(missing)} of the GT images "
+                                        f"(e.g. {missing[0]}); it needs one image of the same name per GT image.")
 
     def degrade(self, gt: np.ndarray) -> np.ndarray:
         """Degrade a square HWC BGR [0, 1] image with the current random state; returns the LQ image."""
@@ -217,11 +225,19 @@ class IQPDegradedDataset(_ScoredFolder):
 
     def __getitem__(self, index: int) -> dict:
         path = self.gt_root / self.gt_names[index]
+        source = None if self.source_root is None else self.source_root / self.gt_names[index]
         with seeded(self.seed, self.epoch, index):
-            gt = fit_square(read_image(path), self.gt_size, self.fit_mode)
-            gt = augment(np.ascontiguousarray(gt), hflip=self.use_hflip, rotation=False)
-            lq = self.degrade(gt)
-        return self._pack(index, lq, gt, path)
+            gt = read_image(path)
+            if source is not None:  # one crop and flip for both: stack them along the channels
+                src = read_image(source)
+                if src.shape != gt.shape:
+                    raise ValueError(f"{source} is {src.shape[1]}x{src.shape[0]}, its GT {path} {gt.shape[1]}x{gt.shape[0]}: "
+                                     "dataroot_source images must have their GT's size.")
+                gt = np.concatenate([gt, src], axis=2)
+            gt = augment(np.ascontiguousarray(fit_square(gt, self.gt_size, self.fit_mode)), hflip=self.use_hflip, rotation=False)
+            gt, src = (gt[..., :3], gt[..., 3:]) if source is not None else (gt, gt)
+            lq = self.degrade(np.ascontiguousarray(src))
+        return self._pack(index, lq, np.ascontiguousarray(gt), source or path)
 
 
 def _pair_key(name: str) -> str:

@@ -59,6 +59,30 @@ def test_degradation_is_deterministic_per_seed_epoch_index(hq_folder):
     assert torch.equal(first, ds[1]["lq"])
 
 
+def test_lq_from_a_source_folder_shares_the_gt_crop_and_flip(hq_folder, tmp_path):
+    """dataroot_source: the LQ is made from the source image of the same name (here the GT's negative, no
+    degradation), cropped and flipped exactly as the GT; without it, the LQ is made from the GT itself."""
+    source = tmp_path / "source"
+    for path in hq_folder.rglob("*.*"):
+        out = source / path.relative_to(hq_folder)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(out.with_suffix(".png")), 255 - cv2.imread(str(path)))
+        if path.suffix != ".png":
+            (out.with_suffix(".png")).rename(out)  # same name as the GT (lossless content, the GT's suffix)
+    plain = dict(blur_sigma=None, downsample_range=None, noise_range=None, jpeg_range=None, use_crop=True,
+                 phase="train", seed=3, gt_size=32)
+    ds = _degraded(hq_folder, dataroot_source=str(source), **plain)
+    for i in range(len(ds)):
+        sample = ds[i]
+        torch.testing.assert_close(sample["lq"], 1 - sample["gt"], atol=1e-6, rtol=0)
+        assert sample["lq_path"].startswith(str(source))
+    same = _degraded(hq_folder, **plain)[0]
+    assert torch.equal(same["lq"], same["gt"]) and torch.equal(same["gt"], ds[0]["gt"])
+    (source / "img1.png").unlink()
+    with pytest.raises(FileNotFoundError, match="dataroot_source .* lacks 1 of the GT images"):
+        _degraded(hq_folder, dataroot_source=str(source), **plain)
+
+
 def test_seeded_sample_leaves_global_rng_alone_and_unseeded_uses_it(hq_folder):
     random.seed(3), np.random.seed(3)
     expected = random.random(), np.random.rand()
