@@ -5,7 +5,11 @@ The paper's claim as a controlled experiment with a pristine reference that trai
 1. data      ``--data DIR`` (any folder of HQ images, e.g. aligned CelebA faces), central square at 128 px:
              the last ``heldout`` images held out (pristine, evaluation only); of the others, a seeded
              ``--contaminate`` fraction replaced by contaminated copies (blur, down-up sampling, JPEG; see
-             benchmarks/beyond_gt_data.py). Only the oracle ever trains on the pristine copies.
+             benchmarks/beyond_gt_data.py). Only the oracle ever trains on the pristine copies as targets.
+             ``--lq-from target`` (default) degrades each training input from its target, as restorers are
+             trained, so a soft target comes with a softer input; ``--lq-from pristine`` degrades it from the
+             target's pristine copy instead, so that the input does not show how good its target is: the
+             setting where only a quality condition can tell the model which kind of target to restore to.
 2. prior     ``iqp score`` (offline NIQE) on the mixed training GT; its AUC for telling contaminated from
              pristine targets is reported. NIQE is the prior and the stage-3 loss; PIQE is never used in
              training (pyiqa's PIQE has no gradient), and neither is the sharpness ratio.
@@ -20,7 +24,8 @@ The paper's claim as a controlled experiment with a pristine reference that trai
              the ``lean`` default preset (every preset option reset to lean, the configs' patch and upsampling
              kept), compared as 'IQP, lean default'. The stages 2-3 again with ``teacher_forcing`` in stage 2
              (W_o learns from the GT's own codes, the Transformer from its predicted ones), as
-             'IQP teacher-forced', swept over the scores and held to targets 1-3 too.
+             'IQP teacher-forced', swept over the scores and held to targets 1-3 too. ``--no-ablations`` trains
+             and evaluates only the host, the controls and these two plug-ins.
 6. evaluate  on the held-out images, degraded once with the host's training degradations (seed 0): PSNR and
              SSIM against the pristine image, NIQE, PIQE and the sharpness ratio (high-frequency energy of the
              output over that of the pristine image); host + IQP at every score of ``SCORES``, with its HQ
@@ -32,6 +37,8 @@ reuses the data, the scores and every training whose ``net_g_latest.pth`` exists
 held-out images: the configs were fixed before the held-out numbers were looked at.
 
     python benchmarks/beyond_gt.py --budget small --data DIR                         # CPU, 2 cores
+    python benchmarks/beyond_gt.py --budget small --data DIR --lq-from pristine --contaminate 0.35 \
+        --hosts swinir --no-ablations                                                # the decoupled setup
     python benchmarks/beyond_gt.py --budget full --device cuda --data DIR --out OUT  # GPU
 """
 from __future__ import annotations
@@ -73,6 +80,10 @@ PRIOR, HELDOUT_NR = "niqe", "piqe"
 TEACHER = "IQP teacher-forced"
 #: per host family: config prefix in configs/beyond_gt/
 HOSTS = {"restoreformer": "rf", "swinir": "sw"}
+#: --lq-from: the folder each training input is degraded from (None: the training target itself)
+LQ_FROM = {"target": None, "pristine": "data/train_pristine"}
+#: the trainings of :func:`trainings` that ``--no-ablations`` keeps
+CORE = ("host", "oracle", "further", "filtered", "codebook", "predictor", "quality", "teacher_predictor", "teacher")
 #: families whose plug-in uses the pixel-shuffle correction: they also train the bilinear ablation
 PIXEL_SHUFFLE = ("sw",)
 STAGES = ("codebook", "predictor", "quality")
@@ -103,12 +114,25 @@ def arg_parser() -> argparse.ArgumentParser:
                    help="tiny: seconds (tests, plumbing only); small: CPU, about 45 minutes; full: a GPU")
     p.add_argument("--data", required=True, help="folder of HQ images (faces: aligned crops)")
     p.add_argument("--contaminate", type=float, default=0.5, help="fraction of the training GT contaminated")
+    p.add_argument("--lq-from", choices=LQ_FROM, default="target",
+                   help="what each training input is degraded from: its target (as restorers are trained) or the "
+                        "target's pristine copy (the input then does not show the target's quality)")
     p.add_argument("--hosts", default="restoreformer,swinir", help=f"host families: {', '.join(HOSTS)}")
+    p.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=True,
+                   help="also train and evaluate the ablations (--no-ablations: the host, the controls and the "
+                        "two plug-ins only)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--jobs", type=int, default=2, help="trainings run at once (on a CPU, the cores are split)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "beyond_gt"),
-                   help="output folder (JSON, markdown, figures; trainings under OUT/work_<budget>)")
+                   help="output folder (JSON, markdown, figures; trainings under OUT/work_<budget>[_<setup>])")
     return p
+
+
+def work_dir(out: Path, budget: str, lq_from: str, contaminate: float) -> Path:
+    """OUT/work_<budget>, suffixed by the setup where it differs from the default (the data and every
+    training depend on it): ``_lq-pristine`` and ``_c<fraction>``."""
+    suffix = ("" if lq_from == "target" else f"_lq-{lq_from}") + ("" if contaminate == 0.5 else f"_c{contaminate:g}")
+    return out / f"work_{budget}{suffix}"
 
 
 # ---------------------------------------------------------------- prior
@@ -177,8 +201,11 @@ def train_all(work: Path, jobs: dict[tuple[str, str], tuple[str, dict]], device:
     return seconds
 
 
-def trainings(prefix: str, iters: dict) -> dict[str, tuple[str, dict]]:
-    """Every training of one host family, in order: system key -> (config, --force_yml overrides)."""
+def trainings(prefix: str, iters: dict, lq_from: str = "target", ablations: bool = True) -> dict[str, tuple[str, dict]]:
+    """Every training of one host family, in order: system key -> (config, --force_yml overrides).
+
+    ``lq_from``: a key of :data:`LQ_FROM` (the oracle's targets are pristine, so its inputs are the same either
+    way); ``ablations`` False keeps the :data:`CORE` trainings only."""
     host = read_options(str(CONFIGS / f"{prefix}_host.yml"))
     h = iters["host"]
     extra = sum(iters[s] for s in STAGES)
@@ -190,7 +217,7 @@ def trainings(prefix: str, iters: dict) -> dict[str, tuple[str, dict]]:
             "train:scheduler:milestones": [extra + 1]}
     stage_opt = {s: {"network_g:host_checkpoint": host_ckpt, "train:total_iter": iters[s]} for s in STAGES}
     stage_opt["predictor"]["train:scheduler:milestones"] = [max(1, 3 * iters["predictor"] // 4)]
-    return {
+    jobs = {
         "host": (f"{prefix}_host", {"name": f"{base}_host", **host_iters}),
         "oracle": (f"{prefix}_host", {"name": f"{base}_oracle", "datasets:train:dataroot_gt": "data/train_pristine",
                                       **host_iters}),
@@ -211,6 +238,9 @@ def trainings(prefix: str, iters: dict) -> dict[str, tuple[str, dict]]:
         **_variant_chain(prefix, stage_opt, "lean", LEAN),
         **(_variant_chain(prefix, stage_opt, "bilinear", {"upsample": "bilinear"}) if prefix in PIXEL_SHUFFLE else {}),
     }
+    source = LQ_FROM[lq_from]
+    return {key: (config, {**opt, **({"datasets:train:dataroot_source": source} if source and key != "oracle" else {})})
+            for key, (config, opt) in jobs.items() if ablations or key in CORE}
 
 
 def _variant_chain(prefix: str, stage_opt: dict, variant: str, plugin: dict) -> dict[str, tuple[str, dict]]:
@@ -277,11 +307,12 @@ def wrapper_net(prefix: str, host_ckpt: Path, plugin: bool) -> dict:
     return {**net, "host_checkpoint": str(host_ckpt), "plugin": net["plugin"] if plugin else None}
 
 
-def evaluate(work: Path, prefix: str, device: torch.device) -> tuple[dict, dict]:
-    """Per-image metrics of every system of one host family, and its restored images (for figures)."""
+def evaluate(work: Path, prefix: str, device: torch.device, ablations: bool = True) -> tuple[dict, dict]:
+    """Per-image metrics of every system of one host family (``ablations`` False: without the ablations), and
+    its restored images (for figures)."""
     lq, gt = heldout_pairs(work, prefix)
     ckpt = {k: checkpoint(work, f"bgt_{prefix}_{k}") for k in
-            ("host", "oracle", "further", "filtered", "predictor", "quality", "continuous", "injection", "teacher")}
+            ("host", "oracle", "further", "filtered", "predictor", "quality", "teacher")}
     host = {k: load_wrapper(wrapper_net(prefix, ckpt[k], False), device=device)
             for k in ("host", "oracle", "further", "filtered")}
     iqp = load_wrapper(wrapper_net(prefix, ckpt["host"], True), str(ckpt["quality"]), device)
@@ -300,18 +331,8 @@ def evaluate(work: Path, prefix: str, device: torch.device) -> tuple[dict, dict]
     systems["IQP, HQ branch off"] = lambda: _hq_off(iqp, lq, device)
     systems["IQP, no quality stage"] = lambda: restored(
         load_wrapper(wrapper_net(prefix, ckpt["host"], True), str(ckpt["predictor"]), device), lq, device, TARGET)
-    systems["IQP, continuous quality stage"] = lambda: restored(
-        load_wrapper(wrapper_net(prefix, ckpt["host"], True), str(ckpt["continuous"]), device), lq, device, TARGET)
-    systems["IQP, injection trained in stage 3"] = lambda: restored(
-        load_wrapper(wrapper_net(prefix, ckpt["host"], True), str(ckpt["injection"]), device), lq, device, TARGET)
-    variants = {"IQP, lean default": ("lean", LEAN)}
-    if prefix in PIXEL_SHUFFLE:
-        variants["IQP, bilinear correction"] = ("bilinear", {"upsample": "bilinear"})
-    for system, (variant, plugin) in variants.items():
-        net = wrapper_net(prefix, ckpt["host"], True)
-        net["plugin"] = {**net["plugin"], **plugin}
-        systems[system] = lambda net=net, variant=variant: restored(
-            load_wrapper(net, str(checkpoint(work, f"bgt_{prefix}_{variant}")), device), lq, device, TARGET)
+    if ablations:
+        systems.update(_ablation_systems(work, prefix, lq, device))
     nr = create_prior([PRIOR, HELDOUT_NR]).create_metrics(device)
     per_image, images = {}, {"pristine": pristine}
     for name, fn in tqdm(systems.items(), desc=f"evaluate {prefix}", unit="system"):
@@ -319,6 +340,23 @@ def evaluate(work: Path, prefix: str, device: torch.device) -> tuple[dict, dict]
         per_image[name] = metrics_of(images[name], pristine, nr, device)
     per_image["pristine (reference)"] = metrics_of(pristine, pristine, nr, device)
     return per_image, images
+
+
+def _ablation_systems(work: Path, prefix: str, lq: torch.Tensor, device: torch.device) -> dict:
+    """The systems of the plug-ins trained differently (:func:`trainings` outside :data:`CORE`): name -> a
+    function returning their outputs at the target score."""
+    host = checkpoint(work, f"bgt_{prefix}_host")
+    variants = {"IQP, continuous quality stage": ("continuous", {}), "IQP, injection trained in stage 3": ("injection", {}),
+                "IQP, lean default": ("lean", LEAN)}
+    if prefix in PIXEL_SHUFFLE:
+        variants["IQP, bilinear correction"] = ("bilinear", {"upsample": "bilinear"})
+    systems = {}
+    for system, (variant, plugin) in variants.items():
+        net = wrapper_net(prefix, host, True)
+        net["plugin"] = {**net["plugin"], **plugin}
+        systems[system] = lambda net=net, variant=variant: restored(
+            load_wrapper(net, str(checkpoint(work, f"bgt_{prefix}_{variant}")), device), lq, device, TARGET)
+    return systems
 
 
 def _hq_off(net, lq: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -461,7 +499,9 @@ def report(meta: dict, prior: dict, families: dict) -> str:
     it = meta["iters"]
     lines = [f"# Beyond ground truth (budget {meta['budget']}, {meta['device']}, {meta['wall_s'] / 60:.0f} min)", "",
              f"Training GT: {meta['n_train']} images of `{meta['data']}`, {meta['n_contaminated']} of them "
-             f"contaminated ({meta['contamination']}); held out: {meta['n_heldout']} pristine images, degraded "
+             f"contaminated ({meta['contamination']}); training inputs degraded from "
+             + {"target": "their targets", "pristine": "the targets' pristine copies"}[meta["lq_from"]]
+             + f"; held out: {meta['n_heldout']} pristine images, degraded "
              f"once (seed 0) with each host's training degradations. Hosts {it['host']} iterations; plug-in "
              f"stages {it['codebook']} + {it['predictor']} + {it['quality']}; controls +"
              f"{sum(it[s] for s in STAGES)} iterations. Mean ± standard error over the held-out images.", "",
@@ -501,7 +541,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = resolve_device(args.device)
     budget = BUDGETS[args.budget]
     out = Path(args.out).resolve()
-    work = out / f"work_{args.budget}"
+    work = work_dir(out, args.budget, args.lq_from, args.contaminate)
     times = {}
 
     def step(name, fn):
@@ -516,12 +556,13 @@ def main(argv: list[str] | None = None) -> dict:
     prior = step("score", lambda: score_training_gt(work, manifest))
     _, threshold = beyond_gt_data.top_scored(work, prior["scores"], budget["top_percent"])
     top = [n for n, s in prior["scores"].items() if s >= threshold]
-    jobs = {(family, key): job for family in families for key, job in trainings(HOSTS[family], budget["iters"]).items()}
+    jobs = {(family, key): job for family in families
+            for key, job in trainings(HOSTS[family], budget["iters"], args.lq_from, args.ablations).items()}
     times.update(train_all(work, jobs, device, args.jobs))
     fam_out = {}
     for family in families:
         prefix = HOSTS[family]
-        per_image, images = step(f"{family} evaluate", lambda p=prefix: evaluate(work, p, device))
+        per_image, images = step(f"{family} evaluate", lambda p=prefix: evaluate(work, p, device, args.ablations))
         results = {name: {m: summary(v) for m, v in values.items()} for name, values in per_image.items()}
         grid = f"grid_{family}.png"
         out.mkdir(parents=True, exist_ok=True)
@@ -531,7 +572,8 @@ def main(argv: list[str] | None = None) -> dict:
     meta = {"budget": args.budget, "device": str(device), "wall_s": round(time.perf_counter() - start, 1),
             "steps_s": times, "iters": budget["iters"], "data": Path(args.data).name, "n_train": len(manifest["train"]),
             "n_contaminated": len(manifest["contaminated"]), "n_heldout": len(manifest["heldout"]),
-            "contamination": manifest["contamination"], "contaminate": args.contaminate, "scores": list(SCORES),
+            "contamination": manifest["contamination"], "contaminate": args.contaminate, "lq_from": args.lq_from,
+            "ablations": args.ablations, "scores": list(SCORES),
             "top_percent": budget["top_percent"], "top_threshold": threshold,
             "top_contaminated_fraction": sum(n in manifest["contaminated"] for n in top) / max(1, len(top)),
             "metrics": {m: {"lower_better": lb, "what": w} for m, (lb, w) in METRICS.items()},

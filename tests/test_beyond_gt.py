@@ -55,6 +55,14 @@ def test_contamination_bookkeeping(hq, tmp_path):
             root = overrides.get("datasets:train:dataroot_gt", opt["datasets"]["train"]["dataroot_gt"])
             assert root == ("data/train_pristine" if key == "oracle" else
                             "data/train_top" if key == "filtered" else "data/train"), (prefix, key, root)
+            assert "datasets:train:dataroot_source" not in overrides  # by default, inputs come from the targets
+        # --lq-from pristine: every input but the oracle's is degraded from the pristine copy of its target
+        decoupled = beyond_gt.trainings(prefix, beyond_gt.BUDGETS["tiny"]["iters"], "pristine")
+        assert {k: o.get("datasets:train:dataroot_source") for k, (_, o) in decoupled.items()} == {
+            k: None if k == "oracle" else "data/train_pristine" for k in decoupled}
+        core = beyond_gt.trainings(prefix, beyond_gt.BUDGETS["tiny"]["iters"], ablations=False)
+        assert tuple(core) == beyond_gt.CORE
+        assert all(need in core for key in core for need in beyond_gt.NEEDS[key])
     scores = {name: i / 10 for i, name in enumerate(sorted(train))}
     folder, threshold = beyond_gt_data.top_scored(work, scores, 40)
     chosen = {p.name for p in folder.iterdir()}
@@ -68,6 +76,11 @@ def test_prepare_is_reused_and_refuses_other_arguments(hq, tmp_path):
     assert beyond_gt_data.prepare(hq, work, train=10, heldout=4, fraction=0.5, size=64) == first
     with pytest.raises(SystemExit, match="delete"):
         beyond_gt_data.prepare(hq, work, train=10, heldout=4, fraction=0.3, size=64)
+
+
+def test_each_setup_has_its_own_work_folder(tmp_path):
+    dirs = {beyond_gt.work_dir(tmp_path, "small", lq, c) for lq in beyond_gt.LQ_FROM for c in (0.5, 0.25)}
+    assert len(dirs) == 4 and tmp_path / "work_small" in dirs  # the default setup keeps its folder
 
 
 def test_contaminate_lowers_sharpness_and_keeps_size():
