@@ -21,7 +21,7 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 demo: $(STAMP)
 	$(BIN)/python -m iqp_plugin.demo $(ARGS)

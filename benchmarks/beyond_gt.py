@@ -25,7 +25,9 @@ The paper's claim as a controlled experiment with a pristine reference that trai
              kept), compared as 'IQP, lean default'. The stages 2-3 again with ``teacher_forcing`` in stage 2
              (W_o learns from the GT's own codes, the Transformer from its predicted ones), as
              'IQP teacher-forced', swept over the scores and held to targets 1-3 too. ``--no-ablations`` trains
-             and evaluates only the host, the controls and these two plug-ins.
+             and evaluates only the host, the controls and these two plug-ins. ``--codes pixel`` trains every
+             plug-in with a code per bottleneck pixel instead of per token (``codes: pixel``; the HQ code
+             decoded at full weight), under its own training names, against the same host and controls.
 6. evaluate  on the held-out images, degraded once with the host's training degradations (seed 0): PSNR and
              SSIM against the pristine image, NIQE, PIQE and the sharpness ratio (high-frequency energy of the
              output over that of the pristine image); host + IQP at every score of ``SCORES``, with its HQ
@@ -38,7 +40,7 @@ held-out images: the configs were fixed before the held-out numbers were looked 
 
     python benchmarks/beyond_gt.py --budget small --data DIR                         # CPU, 2 cores
     python benchmarks/beyond_gt.py --budget small --data DIR --lq-from pristine --contaminate 0.35 \
-        --hosts swinir --no-ablations                                                # the decoupled setup
+        --hosts swinir --no-ablations [--codes pixel]                                # the decoupled setup
     python benchmarks/beyond_gt.py --budget full --device cuda --data DIR --out OUT  # GPU
 """
 from __future__ import annotations
@@ -84,8 +86,13 @@ HOSTS = {"restoreformer": "rf", "swinir": "sw"}
 LQ_FROM = {"target": None, "pristine": "data/train_pristine"}
 #: the trainings of :func:`trainings` that ``--no-ablations`` keeps
 CORE = ("host", "oracle", "further", "filtered", "codebook", "predictor", "quality", "teacher_predictor", "teacher")
-#: families whose plug-in uses the pixel-shuffle correction: they also train the bilinear ablation
+#: families whose plug-in uses the pixel-shuffle correction: they also train the bilinear ablation (token codes)
 PIXEL_SHUFFLE = ("sw",)
+#: --codes: the plug-in options set over the configs', and the tag in the plug-in trainings' names (the host and
+#: the controls do not depend on it, so every choice shares them). ``pixel``: one code per bottleneck pixel, the
+#: common code and the HQ code a residual pair decoded at full weight (the HQ codebook learns the residual the
+#: common code leaves, so ``common + 1.0 * hq`` is what it reconstructs)
+CODES = {"token": ({}, ""), "pixel": ({"codes": "pixel", "upsample": "bilinear", "hq_weight": 1.0}, "_pixel")}
 STAGES = ("codebook", "predictor", "quality")
 #: images, iterations (host; plug-in stages) and the filtering baseline's top fraction, per budget
 BUDGETS = {
@@ -117,6 +124,9 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--lq-from", choices=LQ_FROM, default="target",
                    help="what each training input is degraded from: its target (as restorers are trained) or the "
                         "target's pristine copy (the input then does not show the target's quality)")
+    p.add_argument("--codes", choices=CODES, default="token",
+                   help="the plug-in's codes: one per token (the configs') or one per bottleneck pixel; each choice "
+                        "trains its own plug-ins and shares the host and the controls")
     p.add_argument("--hosts", default="restoreformer,swinir", help=f"host families: {', '.join(HOSTS)}")
     p.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=True,
                    help="also train and evaluate the ablations (--no-ablations: the host, the controls and the "
@@ -201,21 +211,29 @@ def train_all(work: Path, jobs: dict[tuple[str, str], tuple[str, dict]], device:
     return seconds
 
 
-def trainings(prefix: str, iters: dict, lq_from: str = "target", ablations: bool = True) -> dict[str, tuple[str, dict]]:
+def trainings(prefix: str, iters: dict, lq_from: str = "target", ablations: bool = True,
+              codes: str = "token") -> dict[str, tuple[str, dict]]:
     """Every training of one host family, in order: system key -> (config, --force_yml overrides).
 
     ``lq_from``: a key of :data:`LQ_FROM` (the oracle's targets are pristine, so its inputs are the same either
-    way); ``ablations`` False keeps the :data:`CORE` trainings only."""
+    way); ``ablations`` False keeps the :data:`CORE` trainings only; ``codes``: a key of :data:`CODES`."""
     host = read_options(str(CONFIGS / f"{prefix}_host.yml"))
     h = iters["host"]
     extra = sum(iters[s] for s in STAGES)
     lr = host["train"]["optim_g"]["lr"] * host["train"]["scheduler"]["gamma"] ** 2
     base = f"bgt_{prefix}"
+    plugin_opt, tag = CODES[codes]
+    forced = {f"network_g:plugin:{k}": v for k, v in plugin_opt.items()}
+    pbase = f"{base}{tag}"  # the plug-in trainings'
+
+    def after(stage: str) -> dict:  # start from a plug-in training of this choice of codes
+        return {"path:pretrain_network_g": f"experiments/{pbase}_{stage}/models/net_g_latest.pth"}
+
     host_ckpt = f"experiments/{base}_host/models/net_g_latest.pth"
     host_iters = {"train:total_iter": h, "train:scheduler:milestones": [max(1, h // 2), max(2, 3 * h // 4)]}
     more = {"path:pretrain_network_g": host_ckpt, "train:total_iter": extra, "train:optim_g:lr": lr,
             "train:scheduler:milestones": [extra + 1]}
-    stage_opt = {s: {"network_g:host_checkpoint": host_ckpt, "train:total_iter": iters[s]} for s in STAGES}
+    stage_opt = {s: {"network_g:host_checkpoint": host_ckpt, **forced, "train:total_iter": iters[s]} for s in STAGES}
     stage_opt["predictor"]["train:scheduler:milestones"] = [max(1, 3 * iters["predictor"] // 4)]
     jobs = {
         "host": (f"{prefix}_host", {"name": f"{base}_host", **host_iters}),
@@ -224,29 +242,32 @@ def trainings(prefix: str, iters: dict, lq_from: str = "target", ablations: bool
         "further": (f"{prefix}_host", {"name": f"{base}_further", **more}),
         "filtered": (f"{prefix}_host", {"name": f"{base}_filtered", "datasets:train:dataroot_gt": "data/train_top",
                                         **more}),
-        "codebook": (f"{prefix}_codebook", {"name": f"{base}_codebook", **stage_opt["codebook"]}),
-        "predictor": (f"{prefix}_predictor", {"name": f"{base}_predictor", **stage_opt["predictor"]}),
-        "quality": (f"{prefix}_quality", {"name": f"{base}_quality", **stage_opt["quality"]}),
-        "continuous": (f"{prefix}_quality", {"name": f"{base}_continuous", "train:quality_mode": "continuous",
-                                             **stage_opt["quality"]}),
-        "injection": (f"{prefix}_quality", {"name": f"{base}_injection", "train:quality_trains": "plugin",
-                                            **stage_opt["quality"]}),
-        "teacher_predictor": (f"{prefix}_predictor", {"name": f"{base}_teacher_predictor", "train:teacher_forcing": True,
-                                                       **stage_opt["predictor"]}),
-        "teacher": (f"{prefix}_quality", {"name": f"{base}_teacher", **stage_opt["quality"],
-                                          "path:pretrain_network_g": f"experiments/{base}_teacher_predictor/models/net_g_latest.pth"}),
-        **_variant_chain(prefix, stage_opt, "lean", LEAN),
-        **(_variant_chain(prefix, stage_opt, "bilinear", {"upsample": "bilinear"}) if prefix in PIXEL_SHUFFLE else {}),
+        "codebook": (f"{prefix}_codebook", {"name": f"{pbase}_codebook", **stage_opt["codebook"]}),
+        "predictor": (f"{prefix}_predictor", {"name": f"{pbase}_predictor",
+                                              **after("codebook"), **stage_opt["predictor"]}),
+        "quality": (f"{prefix}_quality", {"name": f"{pbase}_quality",
+                                          **after("predictor"), **stage_opt["quality"]}),
+        "continuous": (f"{prefix}_quality", {"name": f"{pbase}_continuous", "train:quality_mode": "continuous",
+                                             **after("predictor"), **stage_opt["quality"]}),
+        "injection": (f"{prefix}_quality", {"name": f"{pbase}_injection", "train:quality_trains": "plugin",
+                                            **after("predictor"), **stage_opt["quality"]}),
+        "teacher_predictor": (f"{prefix}_predictor", {"name": f"{pbase}_teacher_predictor", "train:teacher_forcing": True,
+                                                       **after("codebook"), **stage_opt["predictor"]}),
+        "teacher": (f"{prefix}_quality", {"name": f"{pbase}_teacher", **stage_opt["quality"], **after("teacher_predictor")}),
+        **_variant_chain(prefix, pbase, stage_opt, "lean", {**LEAN, **plugin_opt}),
+        **(_variant_chain(prefix, pbase, stage_opt, "bilinear", {"upsample": "bilinear"})
+           if prefix in PIXEL_SHUFFLE and codes == "token" else {}),
     }
     source = LQ_FROM[lq_from]
     return {key: (config, {**opt, **({"datasets:train:dataroot_source": source} if source and key != "oracle" else {})})
             for key, (config, opt) in jobs.items() if ablations or key in CORE}
 
 
-def _variant_chain(prefix: str, stage_opt: dict, variant: str, plugin: dict) -> dict[str, tuple[str, dict]]:
-    """The three stages again with the plug-in options ``plugin`` set over the config's: ``bilinear`` (the
-    ablation of ``upsample: pixelshuffle``) and ``lean`` (the default preset against the configs' standard)."""
-    base, jobs, previous = f"bgt_{prefix}_{variant}", {}, None
+def _variant_chain(prefix: str, pbase: str, stage_opt: dict, variant: str, plugin: dict) -> dict[str, tuple[str, dict]]:
+    """The three stages again, named ``<pbase>_<variant>...``, with the plug-in options ``plugin`` set over the
+    config's: ``bilinear`` (the ablation of ``upsample: pixelshuffle``) and ``lean`` (the default preset against
+    the configs' standard)."""
+    base, jobs, previous = f"{pbase}_{variant}", {}, None
     forced = {f"network_g:plugin:{k}": v for k, v in plugin.items()}
     for stage, key in zip(STAGES, (f"{variant}_codebook", f"{variant}_predictor", variant)):
         name = base if stage == "quality" else f"{base}_{stage}"
@@ -300,23 +321,28 @@ def metrics_of(images: torch.Tensor, pristine: torch.Tensor, nr: dict, device: t
     return values
 
 
-def wrapper_net(prefix: str, host_ckpt: Path, plugin: bool) -> dict:
-    """IQPWrapper options of a host family (with its plug-in when ``plugin``)."""
+def wrapper_net(prefix: str, host_ckpt: Path, plugin: bool, codes: str = "token") -> dict:
+    """IQPWrapper options of a host family (with its plug-in when ``plugin``, with ``codes`` a key of
+    :data:`CODES`)."""
     net = dict(read_options(str(CONFIGS / f"{prefix}_quality.yml"))["network_g"])
     net.pop("type")
-    return {**net, "host_checkpoint": str(host_ckpt), "plugin": net["plugin"] if plugin else None}
+    return {**net, "host_checkpoint": str(host_ckpt),
+            "plugin": {**net["plugin"], **CODES[codes][0]} if plugin else None}
 
 
-def evaluate(work: Path, prefix: str, device: torch.device, ablations: bool = True) -> tuple[dict, dict]:
-    """Per-image metrics of every system of one host family (``ablations`` False: without the ablations), and
-    its restored images (for figures)."""
+def evaluate(work: Path, prefix: str, device: torch.device, ablations: bool = True,
+             codes: str = "token") -> tuple[dict, dict]:
+    """Per-image metrics of every system of one host family (``ablations`` False: without the ablations; the
+    plug-ins of ``codes``), and its restored images (for figures)."""
     lq, gt = heldout_pairs(work, prefix)
-    ckpt = {k: checkpoint(work, f"bgt_{prefix}_{k}") for k in
-            ("host", "oracle", "further", "filtered", "predictor", "quality", "teacher")}
+    pbase = f"bgt_{prefix}{CODES[codes][1]}"
+    ckpt = {**{k: checkpoint(work, f"bgt_{prefix}_{k}") for k in ("host", "oracle", "further", "filtered")},
+            **{k: checkpoint(work, f"{pbase}_{k}") for k in ("predictor", "quality", "teacher")}}
     host = {k: load_wrapper(wrapper_net(prefix, ckpt[k], False), device=device)
             for k in ("host", "oracle", "further", "filtered")}
-    iqp = load_wrapper(wrapper_net(prefix, ckpt["host"], True), str(ckpt["quality"]), device)
-    teacher = load_wrapper(wrapper_net(prefix, ckpt["host"], True), str(ckpt["teacher"]), device)
+    net = wrapper_net(prefix, ckpt["host"], True, codes)
+    iqp = load_wrapper(net, str(ckpt["quality"]), device)
+    teacher = load_wrapper(net, str(ckpt["teacher"]), device)
     image_range = iqp.adapter.image_range
     pristine = as_8bit(gt, image_range)
     systems = {"input (LQ)": lambda: as_8bit(lq, image_range),
@@ -329,10 +355,10 @@ def evaluate(work: Path, prefix: str, device: torch.device, ablations: bool = Tr
     for s in SCORES:
         systems[f"{TEACHER} @{s}"] = lambda s=s: restored(teacher, lq, device, score=s)
     systems["IQP, HQ branch off"] = lambda: _hq_off(iqp, lq, device)
-    systems["IQP, no quality stage"] = lambda: restored(
-        load_wrapper(wrapper_net(prefix, ckpt["host"], True), str(ckpt["predictor"]), device), lq, device, TARGET)
+    systems["IQP, no quality stage"] = lambda: restored(load_wrapper(net, str(ckpt["predictor"]), device), lq, device,
+                                                        TARGET)
     if ablations:
-        systems.update(_ablation_systems(work, prefix, lq, device))
+        systems.update(_ablation_systems(work, prefix, lq, device, codes))
     nr = create_prior([PRIOR, HELDOUT_NR]).create_metrics(device)
     per_image, images = {}, {"pristine": pristine}
     for name, fn in tqdm(systems.items(), desc=f"evaluate {prefix}", unit="system"):
@@ -342,20 +368,21 @@ def evaluate(work: Path, prefix: str, device: torch.device, ablations: bool = Tr
     return per_image, images
 
 
-def _ablation_systems(work: Path, prefix: str, lq: torch.Tensor, device: torch.device) -> dict:
+def _ablation_systems(work: Path, prefix: str, lq: torch.Tensor, device: torch.device, codes: str = "token") -> dict:
     """The systems of the plug-ins trained differently (:func:`trainings` outside :data:`CORE`): name -> a
     function returning their outputs at the target score."""
     host = checkpoint(work, f"bgt_{prefix}_host")
     variants = {"IQP, continuous quality stage": ("continuous", {}), "IQP, injection trained in stage 3": ("injection", {}),
                 "IQP, lean default": ("lean", LEAN)}
-    if prefix in PIXEL_SHUFFLE:
+    if prefix in PIXEL_SHUFFLE and codes == "token":
         variants["IQP, bilinear correction"] = ("bilinear", {"upsample": "bilinear"})
     systems = {}
     for system, (variant, plugin) in variants.items():
-        net = wrapper_net(prefix, host, True)
-        net["plugin"] = {**net["plugin"], **plugin}
-        systems[system] = lambda net=net, variant=variant: restored(
-            load_wrapper(net, str(checkpoint(work, f"bgt_{prefix}_{variant}")), device), lq, device, TARGET)
+        net = wrapper_net(prefix, host, True, codes)
+        net["plugin"] = {**net["plugin"], **plugin, **CODES[codes][0]}
+        name = f"bgt_{prefix}{CODES[codes][1]}_{variant}"
+        systems[system] = lambda net=net, name=name: restored(
+            load_wrapper(net, str(checkpoint(work, name)), device), lq, device, TARGET)
     return systems
 
 
@@ -501,7 +528,7 @@ def report(meta: dict, prior: dict, families: dict) -> str:
              f"Training GT: {meta['n_train']} images of `{meta['data']}`, {meta['n_contaminated']} of them "
              f"contaminated ({meta['contamination']}); training inputs degraded from "
              + {"target": "their targets", "pristine": "the targets' pristine copies"}[meta["lq_from"]]
-             + f"; held out: {meta['n_heldout']} pristine images, degraded "
+             + f"; the plug-ins' codes: one per {meta['codes']}; held out: {meta['n_heldout']} pristine images, degraded "
              f"once (seed 0) with each host's training degradations. Hosts {it['host']} iterations; plug-in "
              f"stages {it['codebook']} + {it['predictor']} + {it['quality']}; controls +"
              f"{sum(it[s] for s in STAGES)} iterations. Mean ± standard error over the held-out images.", "",
@@ -557,12 +584,12 @@ def main(argv: list[str] | None = None) -> dict:
     _, threshold = beyond_gt_data.top_scored(work, prior["scores"], budget["top_percent"])
     top = [n for n, s in prior["scores"].items() if s >= threshold]
     jobs = {(family, key): job for family in families
-            for key, job in trainings(HOSTS[family], budget["iters"], args.lq_from, args.ablations).items()}
+            for key, job in trainings(HOSTS[family], budget["iters"], args.lq_from, args.ablations, args.codes).items()}
     times.update(train_all(work, jobs, device, args.jobs))
     fam_out = {}
     for family in families:
         prefix = HOSTS[family]
-        per_image, images = step(f"{family} evaluate", lambda p=prefix: evaluate(work, p, device, args.ablations))
+        per_image, images = step(f"{family} evaluate", lambda p=prefix: evaluate(work, p, device, args.ablations, args.codes))
         results = {name: {m: summary(v) for m, v in values.items()} for name, values in per_image.items()}
         grid = f"grid_{family}.png"
         out.mkdir(parents=True, exist_ok=True)
@@ -573,6 +600,7 @@ def main(argv: list[str] | None = None) -> dict:
             "steps_s": times, "iters": budget["iters"], "data": Path(args.data).name, "n_train": len(manifest["train"]),
             "n_contaminated": len(manifest["contaminated"]), "n_heldout": len(manifest["heldout"]),
             "contamination": manifest["contamination"], "contaminate": args.contaminate, "lq_from": args.lq_from,
+            "codes": args.codes,
             "ablations": args.ablations, "scores": list(SCORES),
             "top_percent": budget["top_percent"], "top_threshold": threshold,
             "top_contaminated_fraction": sum(n in manifest["contaminated"] for n in top) / max(1, len(top)),

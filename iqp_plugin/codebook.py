@@ -1,8 +1,8 @@
 """Codebooks of the dual-branch prior.
 
 A :class:`Codebook` holds K code vectors of C channels, in the host encoder's feature space (the
-space of ``Bottleneck.feat`` pooled to the plug-in's token grid). It is learned without gradients
-(stage 1): k-means++-style initialisation from the first batch, exponential-moving-average
+space of ``Bottleneck.feat`` on the plug-in's code grid: pooled to its tokens, or per pixel). It is learned
+without gradients (stage 1): k-means++-style initialisation from the first batch, exponential-moving-average
 k-means updates, and restart of codes that stopped being used. :class:`HostCodebook` borrows a
 host's own codebook (CodeFormer, RestoreFormer) read-only, so that it is never stored twice.
 :class:`DualCodebook` turns the Transformer's two index predictions into one code map

@@ -17,7 +17,7 @@
       quality_trains: predictor  # stage 3 trains the code prediction only; 'plugin': W_o too (ablation)
       ema_decay: 0.995
 
-1. ``codebook``: GT images go through the frozen host encoder; their pooled features update the
+1. ``codebook``: GT images go through the frozen host encoder; their features on the code grid update the
    common codebook (all targets) and the HQ codebook (targets with score >= threshold only) by EMA
    k-means. The HQ branch learns the residual ``t - common[nearest(t)]`` so that ``common + hq``
    reconstructs HQ features. No optimiser.
@@ -28,8 +28,10 @@
    as an autoencoder's decoder learns before a code predictor is trained), and the pixel loss on the
    predicted codes reaches only the Transformer. Without it, ``W_o`` learns from the predicted codes and, while
    they are unreliable, learns to ignore them. Measured on the beyond_gt SwinIR setups (benchmarks/README.md):
-   with it the output follows the score much more than without, mostly below the training scores' range, and
-   below the host (0.3 dB with the default setup, 0.7 dB with ``--lq-from pristine``).
+   with it the output follows the score much more than without, and stays below the host: token codes follow it
+   mostly below the training scores' range (0.3 dB below the host with the default setup, 0.7 dB with
+   ``--lq-from pristine``); per-pixel codes within it (``--lq-from pristine``: 1.0 dB below the host at 0.95,
+   but as sharp as the oracle).
 3. ``quality``: stage 2's losses plus ``QualityLoss`` on the image decoded from the predicted codes
    at the inference target score; straight-through over the code choice ('discrete'), or with the
    plug-in output left unquantised ('continuous'). The injection ``W_o`` that turns codes into the host's
@@ -158,14 +160,15 @@ class IQPModel(BaseModel):
         self.gt = data["gt"].to(self.device) if "gt" in data else None
         self.score = data["score"].to(self.device) if "score" in data else None
 
-    def _gt_tokens(self) -> torch.Tensor:
-        """Pooled host-encoder features of the clean targets, (B, N, C): the GT itself for hosts whose
+    def _gt_features(self) -> torch.Tensor:
+        """Host-encoder features of the clean targets on the plug-in's code grid, (B, N, C) (pooled to tokens, or
+        per pixel with ``codes: pixel``): the GT itself for hosts whose
         input and output sizes agree, the GT downscaled to the LQ size (no degradation) for SR hosts."""
         gt = self.gt
         if gt.shape[-2:] != self.lq.shape[-2:]:
             gt = F.interpolate(gt, size=self.lq.shape[-2:], mode="bicubic", antialias=True, align_corners=False)
         with torch.no_grad():
-            return self.plugin.pool(self.net_g.adapter.features(gt))
+            return self.plugin.code_features(self.net_g.adapter.features(gt))
 
     def optimize_parameters(self, current_iter: int) -> None:
         if self.stage == "codebook":
@@ -176,11 +179,11 @@ class IQPModel(BaseModel):
     def _update_codebooks(self) -> None:
         if self.score is None:
             raise ValueError("stage codebook needs scores: set datasets:train:score_csv (made by `iqp score`).")
-        tokens, score = self._gt_tokens(), self.score
+        feats, score = self._gt_features(), self.score
         if self.opt.get("dist"):  # every rank updates the codebooks with the whole global batch
-            tokens, score = _all_gather(tokens), _all_gather(score)
+            feats, score = _all_gather(feats), _all_gather(score)
         selected = score >= self.threshold
-        logs = self.plugin.codebook.update(tokens.flatten(0, 1), tokens[selected].flatten(0, 1))
+        logs = self.plugin.codebook.update(feats.flatten(0, 1), feats[selected].flatten(0, 1))
         logs["hq_fraction"] = float(selected.float().mean())
         self.log_dict = OrderedDict(logs)
         self.plugin_ema.load_state_dict(self.plugin.state_dict())
@@ -205,13 +208,13 @@ class IQPModel(BaseModel):
     def losses(self) -> OrderedDict:
         """The stage's losses for the current batch (the quality stage adds the NR-IQA loss)."""
         train_opt = self.opt["train"]
-        tokens = self._gt_tokens()
-        idx_c, idx_h, target_codes = self.plugin.codebook.targets(tokens.flatten(0, 1))
+        feats = self._gt_features()
+        idx_c, idx_h, target_codes = self.plugin.codebook.targets(feats.flatten(0, 1))
         teacher = self.teacher_forcing and self.plugin.out_conv.weight.requires_grad
         out, aux = self.net_g.restore(self.lq, score=self.score, detach_injection=teacher)
         losses = OrderedDict()
         if teacher:  # W_o learns to decode the GT's own codes; the losses on predicted codes train the predictor
-            losses["l_pix_teacher"] = self.pixel_loss(self.net_g.restore_from_codes(self.lq, target_codes.view(tokens.shape)),
+            losses["l_pix_teacher"] = self.pixel_loss(self.net_g.restore_from_codes(self.lq, target_codes.view(feats.shape)),
                                                       self.gt)
         losses["l_ce_common"] = train_opt.get("ce_common_weight", 0.5) * F.cross_entropy(aux.logits_common.flatten(0, 1), idx_c)
         losses["l_ce_hq"] = train_opt.get("ce_hq_weight", 0.5) * F.cross_entropy(aux.logits_hq.flatten(0, 1), idx_h)

@@ -8,6 +8,10 @@ Notation: ``e`` = host encoder features and ``z`` = the host decoder's input at 
 ``upsample: pixelshuffle``, a learned one: ``W_o`` gives ``C * p * p`` channels per token, rearranged into
 the token's p x p pixels (pixel shuffle, cropped to (H, W)), so that the correction can carry detail finer
 than the token grid (full-resolution hosts such as SwinIR; needs ``patch`` = p).
+``codes``: ``token`` (default) chooses one code per token; ``pixel`` one per bottleneck pixel, for
+full-resolution hosts whose detail lives in the pixels (needs ``patch`` = p): the Transformer still runs on the
+token grid, and a pixel head turns each final token into features for its p x p pixels. The codebooks then hold
+per-pixel features (``Q`` below is the identity) and the correction needs no ``U``.
 
 1. Tokens:     ``t = Linear(LN(P(e))) + pos``; ``pos`` is learned on a 16x16 grid and resampled.
 2. Condition:  ``binned`` (the authors' recipe, without their bin-10 overflow):
@@ -18,18 +22,22 @@ than the token grid (full-resolution hosts such as SwinIR; needs ``patch`` = p).
                ``adaln_single`` (PixArt-alpha): the same blocks, but one ``Linear(SiLU(c))`` shared by all
                of them plus a learned (6, dim) table per block, instead of a 6 * dim^2 layer per block.
 3. Indices:    ``dense``: ``l_c = W_c h`` and ``l_h = W_h h`` from the final tokens ``h`` (a K-way layer per
-               codebook). ``similarity``: ``l_k = -||W h - C_k||^2 / (tau * v)``, the distance of a
+               codebook). With ``codes: pixel``, ``h`` is per pixel:
+               ``h_px = LN(u + MLP(LN(u)))``, ``u = S(W_s h) + W_e LN(e)``, ``S`` the pixel shuffle of each
+               token's ``p * p * dim`` outputs to its p x p pixels: the token's context plus the pixel's own
+               feature. ``similarity``: ``l_k = -||W h - C_k||^2 / (tau * v)``, the distance of a
                predicted code feature to every code, ``v`` the codebook's mean squared spread and ``tau``
                learned: no parameter per code, so the codebook size costs nothing.
 4. Codes:      ``q = C_c[argmax l_c] + w * C_h[argmax l_h]`` (``w`` = ``hq_weight``); when training,
                straight-through over the code choice: ``hard + soft - stopgrad(soft)``,
                ``soft = softmax(l) @ C``.
-5. Injection:  ``z' = z + U(W_o (q - P(z)))`` with ``W_o`` a 1x1 convolution whose weight and bias
-               start at zero. Hence a fresh plug-in gives ``z' = z`` and the wrapper reproduces the
-               host exactly; as ``W_o`` learns, ``z'`` moves from the host's own bottleneck towards the
-               decoded codes. For hosts that keep full-resolution features (SwinIR) the correction
-               ``U(...)`` is added to, never substituted for, the host's detail; a bilinear ``U`` makes it
-               smooth, a pixel-shuffle ``U`` lets it add detail within each patch.
+5. Injection:  ``z' = z + U(W_o (q - Q(z)))``, ``Q`` = ``P`` (``codes: token``) or the identity
+               (``pixel``), with ``W_o`` a 1x1 convolution whose weight and bias start at zero. Hence a
+               fresh plug-in gives ``z' = z`` and the wrapper reproduces the host exactly; as ``W_o``
+               learns, ``z'`` moves from the host's own bottleneck towards the decoded codes. For hosts
+               that keep full-resolution features (SwinIR) the correction ``U(...)`` is added to, never
+               substituted for, the host's detail; a bilinear ``U`` makes it smooth, a pixel-shuffle ``U``
+               lets it add detail within each patch, and ``codes: pixel`` sets each pixel's own.
 """
 from __future__ import annotations
 
@@ -81,9 +89,11 @@ SHARED_OPTIONS = {
     "hq_weight": 0.8,
     "target_score": 0.95,    # score asked for at inference when none is given
     "upsample": "bilinear",  # correction from the token grid to the bottleneck: 'bilinear' or 'pixelshuffle'
+    "codes": "token",        # one code per token, or per bottleneck pixel ('pixel', needs patch)
 }
 CHOICES = {"cond": ("adaln", "adaln_single", "binned"), "index_head": ("dense", "similarity"),
-           "upsample": ("bilinear", "pixelshuffle"), "share_host_codebook": (True, False, "auto")}
+           "upsample": ("bilinear", "pixelshuffle"), "codes": ("token", "pixel"),
+           "share_host_codebook": (True, False, "auto")}
 
 
 def plugin_options(channels: int, has_host_codebook: bool, overrides: dict) -> dict:
@@ -111,6 +121,11 @@ def plugin_options(channels: int, has_host_codebook: bool, overrides: dict) -> d
         cfg["share_host_codebook"] = has_host_codebook
     if cfg["upsample"] == "pixelshuffle" and not cfg["patch"]:
         raise ValueError("plugin upsample: pixelshuffle needs patch: P (each token's P x P pixels are predicted).")
+    if cfg["codes"] == "pixel" and not cfg["patch"]:
+        raise ValueError("plugin codes: pixel needs patch: P (each token's P x P pixels get their own codes).")
+    if cfg["codes"] == "pixel" and cfg["upsample"] != "bilinear":
+        raise ValueError("plugin codes: pixel corrects every pixel by its own code; remove upsample: "
+                         f"{cfg['upsample']} (it resamples token codes only).")
     if cfg["share_host_codebook"] and not has_host_codebook:
         raise ValueError("plugin share_host_codebook: true, but this host has no codebook of its own.")
     return cfg
@@ -124,7 +139,7 @@ class PluginOutput:
     logits_common: torch.Tensor  # (B, N, K_c)
     logits_hq: torch.Tensor      # (B, N, K_h)
     codes: torch.Tensor          # (B, N, C) decoded q
-    grid: tuple[int, int]        # (gh, gw), N = gh * gw
+    grid: tuple[int, int]        # the code grid (gh, gw) (``codes: pixel``: (H, W)), N = gh * gw
 
 
 @dataclass
@@ -234,6 +249,29 @@ class BinnedScoreEmbedding(nn.Module):
         return self.tables[metric, bins].sum(dim=1)  # (B, dim)
 
 
+class PixelHead(nn.Module):
+    """Per-pixel features for ``codes: pixel``: each final token's ``p * p * dim`` outputs shuffled to its p x p
+    pixels, plus the pixel's own bottleneck feature, mixed by a residual MLP (module doc, step 3)."""
+
+    def __init__(self, dim: int, channels: int, patch: int, mlp_ratio: float):
+        super().__init__()
+        self.patch = patch
+        self.expand = nn.Linear(dim, dim * patch * patch)
+        self.feat_norm = nn.LayerNorm(channels)
+        self.feat_proj = nn.Linear(channels, dim)
+        self.mlp_norm = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, h: torch.Tensor, feat: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """(B, gh * gw, dim) tokens and (B, C, H, W) features -> (B, H * W, dim)."""
+        height, width = feat.shape[-2:]
+        u = rearrange(self.expand(h), "b (gh gw) (p q d) -> b (gh p) (gw q) d", gh=grid[0], p=self.patch, q=self.patch)
+        u = u[:, :height, :width] + self.feat_proj(self.feat_norm(feat.permute(0, 2, 3, 1)))
+        u = u.flatten(1, 2)
+        return self.norm(u + self.mlp(self.mlp_norm(u)))
+
+
 class IQPPlugin(nn.Module):
     """Quality-conditioned Transformer + dual codebook + zero-initialised injection (see module doc)."""
 
@@ -258,6 +296,7 @@ class IQPPlugin(nn.Module):
         self.out_table = nn.Parameter(torch.zeros(2, dim)) if cond == "adaln_single" else None
         self.codebook = DualCodebook(channels, cfg["common_size"], cfg["hq_size"], cfg["hq_weight"],
                                      host_codebook if cfg["share_host_codebook"] else None)
+        self.pixel_head = PixelHead(dim, channels, cfg["patch"], cfg["mlp_ratio"]) if cfg["codes"] == "pixel" else None
         if cfg["index_head"] == "dense":
             self.head_common = DenseHead(dim, self.codebook.common.size)
             self.head_hq = DenseHead(dim, cfg["hq_size"])
@@ -299,6 +338,17 @@ class IQPPlugin(nn.Module):
         if patch is None:
             return self.cfg["grid"], self.cfg["grid"]
         return max(1, math.ceil(height / patch)), max(1, math.ceil(width / patch))
+
+    def code_grid(self, height: int, width: int) -> tuple[int, int]:
+        """The grid of codes for a bottleneck of size (H, W): the token grid, or (H, W) with ``codes: pixel``."""
+        return (height, width) if self.pixel_head is not None else self.grid_size(height, width)
+
+    def code_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) bottleneck tensor -> (B, N, C) on the code grid: what the codebooks hold and the GT's
+        target codes are taken from (``Q`` of the module doc)."""
+        if self.pixel_head is not None:
+            return rearrange(x, "b c h w -> b (h w) c")
+        return self.pool(x)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         """P: (B, C, H, W) bottleneck tensor -> (B, N, C) tokens on the plug-in's grid."""
@@ -372,7 +422,8 @@ class IQPPlugin(nn.Module):
         return super().train(mode)
 
     def predict(self, feat: torch.Tensor, score=None) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
-        """Index logits over both codebooks for bottleneck features ``feat`` at the given score."""
+        """Index logits over both codebooks for bottleneck features ``feat`` at the given score, and the code
+        grid they lie on."""
         grid = self.grid_size(*feat.shape[-2:])
         x = self.in_proj(self.in_norm(self.pool(feat)))
         x = x + resample_abs_pos_embed(self.pos, list(grid), num_prefix_tokens=0)
@@ -384,10 +435,12 @@ class IQPPlugin(nn.Module):
         x = self.out_norm(x)
         if cond.out is not None:
             x = torch.addcmul(cond.out[0], x, cond.out[1])
+        if self.pixel_head is not None:
+            x, grid = self.pixel_head(x, feat, grid), tuple(feat.shape[-2:])
         return (self.head_common(x, self.codebook.common.weight), self.head_hq(x, self.codebook.hq.weight), grid)
 
     def forward(self, feat: torch.Tensor, z: torch.Tensor, score=None, detach_injection: bool = False) -> PluginOutput:
-        """Predict codes from ``feat`` and return the decoder input ``z' = z + U(W_o (q - P(z)))`` (see
+        """Predict codes from ``feat`` and return the decoder input ``z' = z + U(W_o (q - Q(z)))`` (see
         :meth:`inject` for ``detach_injection``)."""
         logits_c, logits_h, grid = self.predict(feat, score)
         codes = self.codebook.decode(logits_c, logits_h,
@@ -395,11 +448,11 @@ class IQPPlugin(nn.Module):
         return PluginOutput(self.inject(codes, z, detach_injection), logits_c, logits_h, codes, grid)
 
     def inject(self, codes: torch.Tensor, z: torch.Tensor, detach_injection: bool = False) -> torch.Tensor:
-        """``z + U(W_o (q - P(z)))`` for (B, N, C) codes ``q`` on the token grid of ``z``. With
+        """``z + U(W_o (q - Q(z)))`` for (B, N, C) codes ``q`` on the code grid of ``z``. With
         ``detach_injection``, ``W_o`` is used but gets no gradient (teacher forcing: a loss on predicted codes
         then trains only the code prediction)."""
-        grid = self.grid_size(*z.shape[-2:])
-        delta = rearrange(codes - self.pool(z), "b (h w) c -> b c h w", h=grid[0], w=grid[1])
+        grid = self.code_grid(*z.shape[-2:])
+        delta = rearrange(codes - self.code_features(z), "b (h w) c -> b c h w", h=grid[0], w=grid[1])
         weight, bias = self.out_conv.weight, self.out_conv.bias
         if detach_injection:
             weight, bias = weight.detach(), bias.detach()

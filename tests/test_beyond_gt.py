@@ -83,6 +83,24 @@ def test_each_setup_has_its_own_work_folder(tmp_path):
     assert len(dirs) == 4 and tmp_path / "work_small" in dirs  # the default setup keeps its folder
 
 
+def test_pixel_codes_train_their_own_plugins_and_share_the_controls():
+    """--codes pixel: the host and the controls are the token run's, trained once; every plug-in training has its
+    own name, starts from a plug-in of the same choice, and sets the pixel codes' options."""
+    iters = beyond_gt.BUDGETS["tiny"]["iters"]
+    token, pixel = beyond_gt.trainings("sw", iters), beyond_gt.trainings("sw", iters, codes="pixel")
+    controls = ("host", "oracle", "further", "filtered")
+    assert {k: pixel[k] for k in controls} == {k: token[k] for k in controls}
+    plugins = {k: opt for k, (_, opt) in pixel.items() if k not in controls}
+    token_names = {opt["name"] for _, opt in token.values()}
+    assert "bilinear" not in plugins and plugins  # the bilinear ablation is of the token codes' pixel shuffle
+    for key, opt in plugins.items():
+        assert opt["name"].startswith("bgt_sw_pixel") and opt["name"] not in token_names, key
+        assert opt["network_g:plugin:codes"] == "pixel" and opt["network_g:plugin:upsample"] == "bilinear", key
+        start = opt.get("path:pretrain_network_g")
+        assert start is None or start.startswith("experiments/bgt_sw_pixel_"), (key, start)
+        assert opt["network_g:host_checkpoint"] == "experiments/bgt_sw_host/models/net_g_latest.pth"
+
+
 def test_contaminate_lowers_sharpness_and_keeps_size():
     rng = np.random.default_rng(0)
     img = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
@@ -97,7 +115,7 @@ def test_tiny_run_on_bundled_crops(hq, tmp_path):
     write_crops(hq, 24, 96, seed=3, photos=PHOTOS)
     out = tmp_path / "out"
     cmd = [sys.executable, str(REPO / "benchmarks" / "beyond_gt.py"), "--budget", "tiny", "--device", "cpu",
-           "--data", str(hq), "--out", str(out), "--jobs", "1"]
+           "--data", str(hq), "--out", str(out), "--jobs", "2"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads((out / "beyond_gt.json").read_text())
@@ -122,3 +140,16 @@ def test_tiny_run_on_bundled_crops(hq, tmp_path):
     assert "## restoreformer" in markdown and "## swinir" in markdown and "| 2a. setup valid" in markdown
     assert f"Targets for {beyond_gt.TEACHER}" in markdown
     assert len((out / "work_tiny" / "data" / "train_scores.csv").read_text().splitlines()) == 13
+
+    # --codes pixel in the same folder: its own plug-ins, against the host and controls already trained
+    experiments = out / "work_tiny" / "experiments"
+    controls = {p: p.stat().st_mtime_ns for k in ("host", "oracle", "further", "filtered")
+                for p in [experiments / f"bgt_sw_{k}" / "models" / "net_g_latest.pth"]}
+    proc = subprocess.run(cmd + ["--hosts", "swinir", "--no-ablations", "--codes", "pixel"], cwd=REPO,
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((out / "beyond_gt.json").read_text())
+    assert data["meta"]["codes"] == "pixel" and set(data["families"]) == {"swinir"}
+    assert f"{beyond_gt.TEACHER} @{beyond_gt.TARGET}" in data["families"]["swinir"]["results"]
+    assert {p: p.stat().st_mtime_ns for p in controls} == controls  # reused, not trained again
+    assert (experiments / "bgt_sw_pixel_quality" / "models" / "net_g_latest.pth").is_file()

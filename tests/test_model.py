@@ -77,8 +77,9 @@ def test_two_process_gloo_stages(workdir):
 
 
 # ---------------------------------------------------------------- in-process checks
-def make_model(workdir, stage, **train_overrides):
+def make_model(workdir, stage, plugin=None, **train_overrides):
     opt = yaml.safe_load((CONFIGS / f"swinir_{stage}.yml").read_text())
+    opt["network_g"]["plugin"].update(plugin or {})
     opt.update(is_train=True, dist=False, rank=0, world_size=1, root_path=str(workdir))
     opt["network_g"]["host_checkpoint"] = str(workdir / "host.pth")
     opt["path"].update(pretrain_network_g=None, models=str(workdir / "models"),
@@ -109,6 +110,31 @@ def test_codebook_stage_feeds_hq_branch_only_above_threshold(workdir, monkeypatc
     tokens = model.plugin.pool(model.net_g.adapter.features(torch.zeros(1, 3, 16, 16))).shape[1]
     assert sum(rows) == tokens * selected  # exactly the features of the targets at or above the threshold
     assert all(torch.equal(v, host_before[k]) for k, v in model.net_g.host.state_dict().items())
+
+
+def test_pixel_codes_train_on_every_gt_pixel(workdir):
+    """codes: pixel: stage 1 learns the codebooks from every GT pixel's feature; in stage 2 the cross-entropy on
+    the per-pixel target codes falls, and with teacher forcing W_o decodes the GT's own per-pixel codes."""
+    pixel = {"codes": "pixel"}
+    stage1, loader = make_model(workdir, "codebook", pixel)
+    rows = []
+    update = stage1.plugin.codebook.common.update
+    stage1.plugin.codebook.common.update = lambda x: rows.append(len(x)) or update(x)
+    batch = fixed_batch(loader)
+    stage1.feed_data(batch)
+    stage1.optimize_parameters(1)
+    lq = batch["lq"].shape
+    assert rows == [lq[0] * lq[-2] * lq[-1]]  # SwinIR: the bottleneck has the input's size
+    torch.manual_seed(0)
+    model, loader = make_model(workdir, "predictor", pixel, teacher_forcing=True)
+    model.plugin.codebook.load_state_dict(stage1.plugin.codebook.state_dict())
+    model.feed_data(fixed_batch(loader))
+    ce = []
+    for it in range(10):
+        model.optimize_parameters(it)
+        ce.append(model.log_dict["l_ce_common"] + model.log_dict["l_ce_hq"])
+    assert "l_pix_teacher" in model.log_dict and model.plugin.out_conv.weight.abs().sum() > 0
+    assert ce[-1] < 0.9 * ce[0], ce
 
 
 def fixed_batch(loader):

@@ -204,6 +204,37 @@ def test_swinir_pads_sizes_off_the_window():
         assert w(torch.rand(1, 3, h, wd)).shape == (1, 3, 2 * h, 2 * wd)
 
 
+def perturbed_swinir_plugin(x, **plugin_overrides):
+    """A tiny SwinIR wrapper whose fresh plug-in (``TINY_PLUGIN`` + overrides) is checked to be the bare host on
+    ``x``; then ``W_o`` is set non-zero. Returns the wrapper, its bottleneck on ``x`` and the plug-in's output."""
+    bare = build("swinir")
+    net = build("swinir", TINY_PLUGIN, **plugin_overrides).eval()
+    net.host.load_state_dict(bare.host.state_dict())
+    with torch.no_grad():
+        assert (net(x) - bare(x)).abs().max() <= 1e-5
+        torch.nn.init.normal_(net.plugin.out_conv.weight, std=0.05)
+        b = net.adapter.encode(x)
+        return net, b, net.plugin(b.feat, b.z, 0.9)
+
+
+def test_pixel_codes_start_at_the_host_and_give_every_pixel_its_own_code():
+    """codes: pixel: a fresh plug-in is still the host; the logits, codes and GT features lie on the bottleneck's
+    own pixels (odd sizes included); once W_o is non-zero, neighbouring pixels of one token get different
+    corrections; and the options it cannot take are refused with the fix."""
+    pixel, b, out = perturbed_swinir_plugin(torch.rand(2, 3, 20, 28), codes="pixel")
+    height, width = b.z.shape[-2:]
+    assert out.grid == (height, width) and out.logits_common.shape[:2] == (2, height * width)
+    assert out.codes.shape == (2, height * width, b.z.shape[1])
+    assert pixel.plugin.code_features(b.feat).shape == out.codes.shape
+    delta = out.z - b.z
+    patch = delta[..., :4, :4]  # one token's 4 x 4 pixels
+    assert (patch - patch.mean(dim=(-2, -1), keepdim=True)).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="codes: pixel needs patch"):
+        IQPPlugin(8, **{**TINY_PLUGIN, "patch": None, "codes": "pixel"})
+    with pytest.raises(ValueError, match="remove upsample: pixelshuffle"):
+        IQPPlugin(8, **{**TINY_PLUGIN, "codes": "pixel", "upsample": "pixelshuffle"})
+
+
 def test_transformer_is_built_from_timm_layers():
     plugin = IQPPlugin(24, **TINY_PLUGIN)
     kinds = {type(m).__module__.split(".")[0] for m in plugin.blocks[0].modules()}
@@ -213,15 +244,9 @@ def test_transformer_is_built_from_timm_layers():
 def test_pixelshuffle_correction_starts_at_zero_and_adds_detail_within_a_patch():
     """upsample: pixelshuffle: a fresh plug-in is still the host; once W_o is non-zero each token sets its 4 x 4
     pixels of the correction freely (not by interpolation between tokens), and odd sizes are cropped to fit."""
-    x = torch.rand(1, 3, 20, 28)  # 20 x 28 is no multiple of the patch (4) after SwinIR's window padding
-    bare = build("swinir")
-    shuffled = build("swinir", TINY_PLUGIN, upsample="pixelshuffle").eval()
-    shuffled.host.load_state_dict(bare.host.state_dict())
-    with torch.no_grad():
-        assert (shuffled(x) - bare(x)).abs().max() <= 1e-5
-        torch.nn.init.normal_(shuffled.plugin.out_conv.weight, std=0.05)
-        b = shuffled.adapter.encode(x)
-        delta = shuffled.plugin(b.feat, b.z, 0.9).z - b.z
+    # 20 x 28 is no multiple of the patch (4) after SwinIR's window padding
+    shuffled, b, out = perturbed_swinir_plugin(torch.rand(1, 3, 20, 28), upsample="pixelshuffle")
+    delta = out.z - b.z
     assert delta.shape == b.z.shape and shuffled.plugin.out_conv.out_channels == b.z.shape[1] * 16
     patch = delta[..., :4, :4]  # one token's 4 x 4 pixels
     assert (patch - patch.mean(dim=(-2, -1), keepdim=True)).abs().max() > 1e-3
