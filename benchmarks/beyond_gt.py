@@ -27,7 +27,8 @@ The paper's claim as a controlled experiment with a pristine reference that trai
              'IQP teacher-forced', swept over the scores and held to targets 1-3 too. ``--no-ablations`` trains
              and evaluates only the host, the controls and these two plug-ins. ``--codes pixel`` trains every
              plug-in with a code per bottleneck pixel instead of per token (``codes: pixel``; the HQ code
-             decoded at full weight), under its own training names, against the same host and controls.
+             decoded at full weight), and ``--inject-kernel K`` with a K x K ``W_o`` (each correction sees its
+             neighbours' codes), under their own training names, against the same host and controls.
 6. evaluate  on the held-out images, degraded once with the host's training degradations (seed 0): PSNR and
              SSIM against the pristine image, NIQE, PIQE and the sharpness ratio (high-frequency energy of the
              output over that of the pristine image); host + IQP at every score of ``SCORES``, with its HQ
@@ -40,7 +41,7 @@ held-out images: the configs were fixed before the held-out numbers were looked 
 
     python benchmarks/beyond_gt.py --budget small --data DIR                         # CPU, 2 cores
     python benchmarks/beyond_gt.py --budget small --data DIR --lq-from pristine --contaminate 0.35 \
-        --hosts swinir --no-ablations [--codes pixel]                                # the decoupled setup
+        --hosts swinir --no-ablations [--codes pixel [--inject-kernel 3]]            # the decoupled setup
     python benchmarks/beyond_gt.py --budget full --device cuda --data DIR --out OUT  # GPU
 """
 from __future__ import annotations
@@ -50,6 +51,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,6 +95,25 @@ PIXEL_SHUFFLE = ("sw",)
 #: common code and the HQ code a residual pair decoded at full weight (the HQ codebook learns the residual the
 #: common code leaves, so ``common + 1.0 * hq`` is what it reconstructs)
 CODES = {"token": ({}, ""), "pixel": ({"codes": "pixel", "upsample": "bilinear", "hq_weight": 1.0}, "_pixel")}
+
+
+@dataclass(frozen=True)
+class PluginChoice:
+    """The plug-in's ``--codes`` (a key of :data:`CODES`) and ``--inject-kernel``: the options they set over the
+    configs', and the tag they add to the plug-in trainings' names (``_k<K>`` for a kernel other than 1)."""
+    codes: str = "token"
+    inject_kernel: int = 1
+
+    @property
+    def options(self) -> dict:
+        kernel = {"inject_kernel": self.inject_kernel} if self.inject_kernel != 1 else {}
+        return {**CODES[self.codes][0], **kernel}
+
+    @property
+    def tag(self) -> str:
+        return CODES[self.codes][1] + (f"_k{self.inject_kernel}" if self.inject_kernel != 1 else "")
+
+
 STAGES = ("codebook", "predictor", "quality")
 #: images, iterations (host; plug-in stages) and the filtering baseline's top fraction, per budget
 BUDGETS = {
@@ -127,6 +148,9 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--codes", choices=CODES, default="token",
                    help="the plug-in's codes: one per token (the configs') or one per bottleneck pixel; each choice "
                         "trains its own plug-ins and shares the host and the controls")
+    p.add_argument("--inject-kernel", type=int, default=1,
+                   help="the kernel of the plug-in's output layer W_o (odd; the configs': 1); a kernel other than 1 "
+                        "trains its own plug-ins, as --codes does")
     p.add_argument("--hosts", default="restoreformer,swinir", help=f"host families: {', '.join(HOSTS)}")
     p.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=True,
                    help="also train and evaluate the ablations (--no-ablations: the host, the controls and the "
@@ -212,21 +236,21 @@ def train_all(work: Path, jobs: dict[tuple[str, str], tuple[str, dict]], device:
 
 
 def trainings(prefix: str, iters: dict, lq_from: str = "target", ablations: bool = True,
-              codes: str = "token") -> dict[str, tuple[str, dict]]:
+              choice: PluginChoice = PluginChoice()) -> dict[str, tuple[str, dict]]:
     """Every training of one host family, in order: system key -> (config, --force_yml overrides).
 
     ``lq_from``: a key of :data:`LQ_FROM` (the oracle's targets are pristine, so its inputs are the same either
-    way); ``ablations`` False keeps the :data:`CORE` trainings only; ``codes``: a key of :data:`CODES`."""
+    way); ``ablations`` False keeps the :data:`CORE` trainings only; ``choice``: the plug-in's codes and kernel."""
     host = read_options(str(CONFIGS / f"{prefix}_host.yml"))
     h = iters["host"]
     extra = sum(iters[s] for s in STAGES)
     lr = host["train"]["optim_g"]["lr"] * host["train"]["scheduler"]["gamma"] ** 2
     base = f"bgt_{prefix}"
-    plugin_opt, tag = CODES[codes]
+    plugin_opt, tag = choice.options, choice.tag
     forced = {f"network_g:plugin:{k}": v for k, v in plugin_opt.items()}
     pbase = f"{base}{tag}"  # the plug-in trainings'
 
-    def after(stage: str) -> dict:  # start from a plug-in training of this choice of codes
+    def after(stage: str) -> dict:  # start from a plug-in training of the same choice
         return {"path:pretrain_network_g": f"experiments/{pbase}_{stage}/models/net_g_latest.pth"}
 
     host_ckpt = f"experiments/{base}_host/models/net_g_latest.pth"
@@ -256,7 +280,7 @@ def trainings(prefix: str, iters: dict, lq_from: str = "target", ablations: bool
         "teacher": (f"{prefix}_quality", {"name": f"{pbase}_teacher", **stage_opt["quality"], **after("teacher_predictor")}),
         **_variant_chain(prefix, pbase, stage_opt, "lean", {**LEAN, **plugin_opt}),
         **(_variant_chain(prefix, pbase, stage_opt, "bilinear", {"upsample": "bilinear"})
-           if prefix in PIXEL_SHUFFLE and codes == "token" else {}),
+           if prefix in PIXEL_SHUFFLE and choice.codes == "token" else {}),
     }
     source = LQ_FROM[lq_from]
     return {key: (config, {**opt, **({"datasets:train:dataroot_source": source} if source and key != "oracle" else {})})
@@ -321,26 +345,25 @@ def metrics_of(images: torch.Tensor, pristine: torch.Tensor, nr: dict, device: t
     return values
 
 
-def wrapper_net(prefix: str, host_ckpt: Path, plugin: bool, codes: str = "token") -> dict:
-    """IQPWrapper options of a host family (with its plug-in when ``plugin``, with ``codes`` a key of
-    :data:`CODES`)."""
+def wrapper_net(prefix: str, host_ckpt: Path, plugin: bool, choice: PluginChoice = PluginChoice()) -> dict:
+    """IQPWrapper options of a host family (with its plug-in of ``choice`` when ``plugin``)."""
     net = dict(read_options(str(CONFIGS / f"{prefix}_quality.yml"))["network_g"])
     net.pop("type")
     return {**net, "host_checkpoint": str(host_ckpt),
-            "plugin": {**net["plugin"], **CODES[codes][0]} if plugin else None}
+            "plugin": {**net["plugin"], **choice.options} if plugin else None}
 
 
 def evaluate(work: Path, prefix: str, device: torch.device, ablations: bool = True,
-             codes: str = "token") -> tuple[dict, dict]:
+             choice: PluginChoice = PluginChoice()) -> tuple[dict, dict]:
     """Per-image metrics of every system of one host family (``ablations`` False: without the ablations; the
-    plug-ins of ``codes``), and its restored images (for figures)."""
+    plug-ins of ``choice``), and its restored images (for figures)."""
     lq, gt = heldout_pairs(work, prefix)
-    pbase = f"bgt_{prefix}{CODES[codes][1]}"
+    pbase = f"bgt_{prefix}{choice.tag}"
     ckpt = {**{k: checkpoint(work, f"bgt_{prefix}_{k}") for k in ("host", "oracle", "further", "filtered")},
             **{k: checkpoint(work, f"{pbase}_{k}") for k in ("predictor", "quality", "teacher")}}
     host = {k: load_wrapper(wrapper_net(prefix, ckpt[k], False), device=device)
             for k in ("host", "oracle", "further", "filtered")}
-    net = wrapper_net(prefix, ckpt["host"], True, codes)
+    net = wrapper_net(prefix, ckpt["host"], True, choice)
     iqp = load_wrapper(net, str(ckpt["quality"]), device)
     teacher = load_wrapper(net, str(ckpt["teacher"]), device)
     image_range = iqp.adapter.image_range
@@ -358,7 +381,7 @@ def evaluate(work: Path, prefix: str, device: torch.device, ablations: bool = Tr
     systems["IQP, no quality stage"] = lambda: restored(load_wrapper(net, str(ckpt["predictor"]), device), lq, device,
                                                         TARGET)
     if ablations:
-        systems.update(_ablation_systems(work, prefix, lq, device, codes))
+        systems.update(_ablation_systems(work, prefix, lq, device, choice))
     nr = create_prior([PRIOR, HELDOUT_NR]).create_metrics(device)
     per_image, images = {}, {"pristine": pristine}
     for name, fn in tqdm(systems.items(), desc=f"evaluate {prefix}", unit="system"):
@@ -368,19 +391,20 @@ def evaluate(work: Path, prefix: str, device: torch.device, ablations: bool = Tr
     return per_image, images
 
 
-def _ablation_systems(work: Path, prefix: str, lq: torch.Tensor, device: torch.device, codes: str = "token") -> dict:
+def _ablation_systems(work: Path, prefix: str, lq: torch.Tensor, device: torch.device,
+                      choice: PluginChoice = PluginChoice()) -> dict:
     """The systems of the plug-ins trained differently (:func:`trainings` outside :data:`CORE`): name -> a
     function returning their outputs at the target score."""
     host = checkpoint(work, f"bgt_{prefix}_host")
     variants = {"IQP, continuous quality stage": ("continuous", {}), "IQP, injection trained in stage 3": ("injection", {}),
                 "IQP, lean default": ("lean", LEAN)}
-    if prefix in PIXEL_SHUFFLE and codes == "token":
+    if prefix in PIXEL_SHUFFLE and choice.codes == "token":
         variants["IQP, bilinear correction"] = ("bilinear", {"upsample": "bilinear"})
     systems = {}
     for system, (variant, plugin) in variants.items():
-        net = wrapper_net(prefix, host, True, codes)
-        net["plugin"] = {**net["plugin"], **plugin, **CODES[codes][0]}
-        name = f"bgt_{prefix}{CODES[codes][1]}_{variant}"
+        net = wrapper_net(prefix, host, True, choice)
+        net["plugin"] = {**net["plugin"], **plugin, **choice.options}
+        name = f"bgt_{prefix}{choice.tag}_{variant}"
         systems[system] = lambda net=net, name=name: restored(
             load_wrapper(net, str(checkpoint(work, name)), device), lq, device, TARGET)
     return systems
@@ -528,10 +552,11 @@ def report(meta: dict, prior: dict, families: dict) -> str:
              f"Training GT: {meta['n_train']} images of `{meta['data']}`, {meta['n_contaminated']} of them "
              f"contaminated ({meta['contamination']}); training inputs degraded from "
              + {"target": "their targets", "pristine": "the targets' pristine copies"}[meta["lq_from"]]
-             + f"; the plug-ins' codes: one per {meta['codes']}; held out: {meta['n_heldout']} pristine images, degraded "
-             f"once (seed 0) with each host's training degradations. Hosts {it['host']} iterations; plug-in "
-             f"stages {it['codebook']} + {it['predictor']} + {it['quality']}; controls +"
-             f"{sum(it[s] for s in STAGES)} iterations. Mean ± standard error over the held-out images.", "",
+             + f"; the plug-ins' codes: one per {meta['codes']}, W_o {meta['inject_kernel']}x{meta['inject_kernel']}; "
+             f"held out: {meta['n_heldout']} pristine images, degraded once (seed 0) with each host's training "
+             f"degradations. Hosts {it['host']} iterations; plug-in stages {it['codebook']} + {it['predictor']} + "
+             f"{it['quality']}; controls +{sum(it[s] for s in STAGES)} iterations. Mean ± standard error over the "
+             "held-out images.", "",
              "Prior AUC (pristine vs contaminated training GT): "
              + ", ".join(f"{k} {v:.3f}" for k, v in prior["auc"].items()) + ".", ""]
     digits = {"psnr": 2, "ssim": 4, "sharpness": 3, PRIOR: 3, HELDOUT_NR: 2}
@@ -564,6 +589,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"--hosts: unknown host family {unknown or args.hosts!r}; choose from {', '.join(HOSTS)}")
     if not 0 < args.contaminate < 1:
         raise SystemExit(f"--contaminate must lie strictly between 0 and 1, got {args.contaminate}")
+    if args.inject_kernel < 1 or args.inject_kernel % 2 == 0:
+        raise SystemExit(f"--inject-kernel must be an odd positive integer, got {args.inject_kernel}")
+    choice = PluginChoice(args.codes, args.inject_kernel)
     start = time.perf_counter()
     device = resolve_device(args.device)
     budget = BUDGETS[args.budget]
@@ -584,12 +612,12 @@ def main(argv: list[str] | None = None) -> dict:
     _, threshold = beyond_gt_data.top_scored(work, prior["scores"], budget["top_percent"])
     top = [n for n, s in prior["scores"].items() if s >= threshold]
     jobs = {(family, key): job for family in families
-            for key, job in trainings(HOSTS[family], budget["iters"], args.lq_from, args.ablations, args.codes).items()}
+            for key, job in trainings(HOSTS[family], budget["iters"], args.lq_from, args.ablations, choice).items()}
     times.update(train_all(work, jobs, device, args.jobs))
     fam_out = {}
     for family in families:
         prefix = HOSTS[family]
-        per_image, images = step(f"{family} evaluate", lambda p=prefix: evaluate(work, p, device, args.ablations, args.codes))
+        per_image, images = step(f"{family} evaluate", lambda p=prefix: evaluate(work, p, device, args.ablations, choice))
         results = {name: {m: summary(v) for m, v in values.items()} for name, values in per_image.items()}
         grid = f"grid_{family}.png"
         out.mkdir(parents=True, exist_ok=True)
@@ -600,7 +628,7 @@ def main(argv: list[str] | None = None) -> dict:
             "steps_s": times, "iters": budget["iters"], "data": Path(args.data).name, "n_train": len(manifest["train"]),
             "n_contaminated": len(manifest["contaminated"]), "n_heldout": len(manifest["heldout"]),
             "contamination": manifest["contamination"], "contaminate": args.contaminate, "lq_from": args.lq_from,
-            "codes": args.codes,
+            "codes": args.codes, "inject_kernel": args.inject_kernel,
             "ablations": args.ablations, "scores": list(SCORES),
             "top_percent": budget["top_percent"], "top_threshold": threshold,
             "top_contaminated_fraction": sum(n in manifest["contaminated"] for n in top) / max(1, len(top)),

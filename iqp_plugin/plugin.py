@@ -32,7 +32,8 @@ per-pixel features (``Q`` below is the identity) and the correction needs no ``U
                straight-through over the code choice: ``hard + soft - stopgrad(soft)``,
                ``soft = softmax(l) @ C``.
 5. Injection:  ``z' = z + U(W_o (q - Q(z)))``, ``Q`` = ``P`` (``codes: token``) or the identity
-               (``pixel``), with ``W_o`` a 1x1 convolution whose weight and bias start at zero. Hence a
+               (``pixel``), with ``W_o`` a 1x1 convolution (``inject_kernel: k``: k x k, so that each
+               correction also sees its neighbours' codes) whose weight and bias start at zero. Hence a
                fresh plug-in gives ``z' = z`` and the wrapper reproduces the host exactly; as ``W_o``
                learns, ``z'`` moves from the host's own bottleneck towards the decoded codes. For hosts
                that keep full-resolution features (SwinIR) the correction ``U(...)`` is added to, never
@@ -90,6 +91,7 @@ SHARED_OPTIONS = {
     "target_score": 0.95,    # score asked for at inference when none is given
     "upsample": "bilinear",  # correction from the token grid to the bottleneck: 'bilinear' or 'pixelshuffle'
     "codes": "token",        # one code per token, or per bottleneck pixel ('pixel', needs patch)
+    "inject_kernel": 1,      # W_o's kernel: 1 (per code) or an odd k > 1 (each correction sees its k x k codes)
 }
 CHOICES = {"cond": ("adaln", "adaln_single", "binned"), "index_head": ("dense", "similarity"),
            "upsample": ("bilinear", "pixelshuffle"), "codes": ("token", "pixel"),
@@ -126,6 +128,9 @@ def plugin_options(channels: int, has_host_codebook: bool, overrides: dict) -> d
     if cfg["codes"] == "pixel" and cfg["upsample"] != "bilinear":
         raise ValueError("plugin codes: pixel corrects every pixel by its own code; remove upsample: "
                          f"{cfg['upsample']} (it resamples token codes only).")
+    kernel = cfg["inject_kernel"]
+    if not (isinstance(kernel, int) and kernel > 0 and kernel % 2):
+        raise ValueError(f"plugin inject_kernel must be an odd positive integer (1, 3, 5, ...), got {kernel!r}.")
     if cfg["share_host_codebook"] and not has_host_codebook:
         raise ValueError("plugin share_host_codebook: true, but this host has no codebook of its own.")
     return cfg
@@ -304,7 +309,8 @@ class IQPPlugin(nn.Module):
             self.head_common = SimilarityHead(dim, channels)
             self.head_hq = SimilarityHead(dim, channels)
         self.shuffle = cfg["patch"] if cfg["upsample"] == "pixelshuffle" else 1
-        self.out_conv = nn.Conv2d(channels, channels * self.shuffle ** 2, 1)
+        kernel = cfg["inject_kernel"]
+        self.out_conv = nn.Conv2d(channels, channels * self.shuffle ** 2, kernel, padding=kernel // 2)
         #: code selection: 'straight_through' while training, 'hard' at eval; 'continuous' (the unquantised
         #: ablation) decodes the softmax mixture in both
         self.mode = "straight_through"
@@ -456,7 +462,7 @@ class IQPPlugin(nn.Module):
         weight, bias = self.out_conv.weight, self.out_conv.bias
         if detach_injection:
             weight, bias = weight.detach(), bias.detach()
-        delta = F.conv2d(delta, weight, bias)
+        delta = F.conv2d(delta, weight, bias, padding=self.out_conv.padding)
         height, width = z.shape[-2:]
         if self.shuffle > 1:  # each token's p x p pixels; (gh * p, gw * p) >= (H, W): crop the excess
             delta = F.pixel_shuffle(delta, self.shuffle)[..., :height, :width]

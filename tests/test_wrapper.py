@@ -235,6 +235,24 @@ def test_pixel_codes_start_at_the_host_and_give_every_pixel_its_own_code():
         IQPPlugin(8, **{**TINY_PLUGIN, "codes": "pixel", "upsample": "pixelshuffle"})
 
 
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_inject_kernel_sets_how_far_one_code_reaches(kernel):
+    """inject_kernel k: a fresh plug-in is still the host; once W_o is non-zero, changing one pixel's code changes
+    the correction of exactly its k x k neighbourhood; even or non-integer kernels are refused."""
+    net, b, out = perturbed_swinir_plugin(torch.rand(1, 3, 16, 16), codes="pixel", inject_kernel=kernel)
+    width = b.z.shape[-1]
+    codes = out.codes.clone()
+    codes[0, 5 * width + 6] += 1.0  # the code of pixel (5, 6)
+    with torch.no_grad():
+        changed = (net.plugin.inject(codes, b.z) - out.z).abs().amax(dim=1)[0] > 0
+    reach = torch.zeros_like(changed)
+    reach[5 - kernel // 2:6 + kernel // 2, 6 - kernel // 2:7 + kernel // 2] = True
+    assert torch.equal(changed, reach)
+    for bad in (2, 0, 1.0):
+        with pytest.raises(ValueError, match="inject_kernel must be an odd positive integer"):
+            IQPPlugin(8, **{**TINY_PLUGIN, "inject_kernel": bad})
+
+
 def test_transformer_is_built_from_timm_layers():
     plugin = IQPPlugin(24, **TINY_PLUGIN)
     kinds = {type(m).__module__.split(".")[0] for m in plugin.blocks[0].modules()}
