@@ -1,12 +1,15 @@
 """``make demo``: the whole IQP flow end to end on CPU, from nothing (no weights, no download).
 
-    python -m iqp_plugin.demo [--out demo_out] [--host-checkpoint F [--host-opt YAML|JSON]] [--images DIR] [--fast]
+    python -m iqp_plugin.demo [--out demo_out] [--host-checkpoint F [--host-opt YAML|JSON]] [--images DIR]
+                              [--contaminate F] [--lq-from pristine|target] [--fast]
 
 1. data       crops of scikit-image's bundled photos -> OUT/data/hq (training GT) and OUT/data/heldout_hq
               (crops of two other photos, for evaluation); ``--images DIR`` uses your folder instead
               (every 8th image held out). Mixed-quality GT is simulated: a seeded ``--contaminate`` fraction
-              (0.5) of the training GT is replaced by blurred, resampled, JPEG-compressed copies; the pristine
-              copies (OUT/data/hq_pristine) and the held-out images are never trained on
+              (0.35) of the training GT is replaced by blurred, resampled, JPEG-compressed copies; the pristine
+              copies (OUT/data/hq_pristine) and the held-out images are never trained on as targets. With
+              ``--lq-from pristine`` (the default) each training input is degraded from its target's pristine
+              copy, so that a soft target does not come with a softer input: only the score tells them apart
 2. score      ``iqp score`` with the offline NIQE prior -> OUT/data/hq_scores.csv (and heldout_hq_scores.csv);
               images the prior cannot score (flat crops) are set aside in OUT/data/unscored
 3. host       ``iqp train -opt configs/demo/host_swinir.yml``: a small SwinIR x1 (noise and JPEG removal)
@@ -62,6 +65,8 @@ BUDGETS = {
     "default": {"crops": 72, "heldout": 16, "iters": {}},
     "fast": {"crops": 16, "heldout": 3, "iters": {"host_swinir": 12, "codebook": 3, "predictor": 6, "quality": 2}},
 }
+#: --lq-from: the folder (in OUT) each training input is degraded from (None: the training target itself)
+LQ_FROM = {"pristine": "data/hq_pristine", "target": None}
 ITER = re.compile(r"\[epoch:\s*\d+, iter:\s*([\d,]+)")
 LOSS = re.compile(r"\b(l_\w+): (\S+)")
 IQP = str(Path(sys.executable).with_name("iqp"))  # the console script installed beside this interpreter
@@ -76,8 +81,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--host-opt", help="its arch options: a YAML/JSON file (bare or with network_g) or inline JSON "
                                       "(default: the demo host of configs/demo/host_swinir.yml)")
     p.add_argument("--images", help="your HQ image folder instead of the bundled photos")
-    p.add_argument("--contaminate", type=float, default=0.5,
+    p.add_argument("--contaminate", type=float, default=0.35,
                    help="fraction of the training images replaced by lower-quality copies (0: train on them as they are)")
+    p.add_argument("--lq-from", choices=LQ_FROM, default="pristine",
+                   help="what each training input is degraded from: the pristine copy of its target (the input then "
+                        "does not show the target's quality; only the score does) or the target itself")
     p.add_argument("--fast", action="store_true", help="minimal budget (tests)")
     args = p.parse_args(argv)
     if args.host_opt and not args.host_checkpoint:
@@ -272,18 +280,23 @@ def main(argv: list[str] | None = None) -> None:
     if host_ckpt and not host_ckpt.is_file():
         raise FileNotFoundError(f"--host-checkpoint not found: {host_ckpt}")
     host_opt = load_host_opt(args.host_opt) if args.host_opt else None
-    check_stamp(out, {"fast": args.fast, "contaminate": args.contaminate, "images": args.images and str(Path(args.images).resolve()),
+    check_stamp(out, {"fast": args.fast, "contaminate": args.contaminate, "lq_from": args.lq_from,
+                      "images": args.images and str(Path(args.images).resolve()),
                       "host_checkpoint": host_ckpt and str(host_ckpt), "host_opt": host_opt})
 
-    def iters(config: str) -> dict:
-        n = budget["iters"].get(config)
-        return {"train:total_iter": n, "logger:print_freq": 1} if n else {}
+    source = LQ_FROM[args.lq_from] if args.contaminate else None
 
-    opts = {"host_swinir": stage_options("host_swinir", iters("host_swinir"))}
+    def overrides(config: str) -> dict:
+        """The budget's iterations and the inputs' source, over the config's."""
+        n = budget["iters"].get(config)
+        return {**({"train:total_iter": n, "logger:print_freq": 1} if n else {}),
+                **({"datasets:train:dataroot_source": source} if source else {})}
+
+    opts = {"host_swinir": stage_options("host_swinir", overrides("host_swinir"))}
     host_ckpt = host_ckpt or checkpoint(out, opts["host_swinir"])
     arch = host_opt or opts["host_swinir"]["network_g"]  # the stages wrap exactly the host that was trained
     for c in STAGES:
-        opts[c] = stage_options(c, {**iters(c), "network_g:host": arch, "network_g:host_checkpoint": str(host_ckpt),
+        opts[c] = stage_options(c, {**overrides(c), "network_g:host": arch, "network_g:host_checkpoint": str(host_ckpt),
                                     "scale": int(arch.get("upscale", arch.get("scale", 1)))})
     steps = [("data", "HQ targets and held-out images", lambda: make_data(out, args.images, budget, args.contaminate)),
              ("score", "offline prior (NIQE) scores of the HQ targets", lambda: score(out)),
