@@ -129,7 +129,7 @@ def plugin_options(channels: int, has_host_codebook: bool, overrides: dict) -> d
         raise ValueError("plugin codes: pixel corrects every pixel by its own code; remove upsample: "
                          f"{cfg['upsample']} (it resamples token codes only).")
     kernel = cfg["inject_kernel"]
-    if not (isinstance(kernel, int) and kernel > 0 and kernel % 2):
+    if isinstance(kernel, bool) or not (isinstance(kernel, int) and kernel > 0 and kernel % 2):
         raise ValueError(f"plugin inject_kernel must be an odd positive integer (1, 3, 5, ...), got {kernel!r}.")
     if cfg["share_host_codebook"] and not has_host_codebook:
         raise ValueError("plugin share_host_codebook: true, but this host has no codebook of its own.")

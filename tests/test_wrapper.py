@@ -248,7 +248,7 @@ def test_inject_kernel_sets_how_far_one_code_reaches(kernel):
     reach = torch.zeros_like(changed)
     reach[5 - kernel // 2:6 + kernel // 2, 6 - kernel // 2:7 + kernel // 2] = True
     assert torch.equal(changed, reach)
-    for bad in (2, 0, 1.0):
+    for bad in (2, 0, 1.0, True):  # True is an int in Python: refused, not read as 1
         with pytest.raises(ValueError, match="inject_kernel must be an odd positive integer"):
             IQPPlugin(8, **{**TINY_PLUGIN, "inject_kernel": bad})
 
