@@ -27,8 +27,9 @@ The paper's claim as a controlled experiment with a pristine reference that trai
              'IQP teacher-forced', swept over the scores and held to targets 1-3 too. ``--no-ablations`` trains
              and evaluates only the host, the controls and these two plug-ins. ``--codes pixel`` trains every
              plug-in with a code per bottleneck pixel instead of per token (``codes: pixel``; the HQ code
-             decoded at full weight), and ``--inject-kernel K`` with a K x K ``W_o`` (each correction sees its
-             neighbours' codes), under their own training names, against the same host and controls.
+             decoded at full weight), ``--inject-kernel K`` with a K x K ``W_o`` (each correction sees its
+             neighbours' codes) and ``--inject-depth D`` with D such layers, GELU between, under their own
+             training names, against the same host and controls.
 6. evaluate  on the held-out images, degraded once with the host's training degradations (seed 0): PSNR and
              SSIM against the pristine image, NIQE, PIQE and the sharpness ratio (high-frequency energy of the
              output over that of the pristine image); host + IQP at every score of ``SCORES``, with its HQ
@@ -41,7 +42,7 @@ held-out images: the configs were fixed before the held-out numbers were looked 
 
     python benchmarks/beyond_gt.py --budget small --data DIR                         # CPU, 2 cores
     python benchmarks/beyond_gt.py --budget small --data DIR --lq-from pristine --contaminate 0.35 \
-        --hosts swinir --no-ablations [--codes pixel [--inject-kernel 5]]            # the decoupled setup
+        --hosts swinir --no-ablations [--codes pixel [--inject-kernel 7]]            # the decoupled setup
     python benchmarks/beyond_gt.py --budget full --device cuda --data DIR --out OUT  # GPU
 """
 from __future__ import annotations
@@ -99,19 +100,23 @@ CODES = {"token": ({}, ""), "pixel": ({"codes": "pixel", "upsample": "bilinear",
 
 @dataclass(frozen=True)
 class PluginChoice:
-    """The plug-in's ``--codes`` (a key of :data:`CODES`) and ``--inject-kernel``: the options they set over the
-    configs', and the tag they add to the plug-in trainings' names (``_k<K>`` for a kernel other than 1)."""
+    """The plug-in's ``--codes`` (a key of :data:`CODES`), ``--inject-kernel`` and ``--inject-depth``: the options
+    they set over the configs', and the tag they add to the plug-in trainings' names (``_k<K>`` for a kernel other
+    than 1, ``_d<D>`` for a depth other than 1)."""
     codes: str = "token"
     inject_kernel: int = 1
+    inject_depth: int = 1
 
     @property
     def options(self) -> dict:
         kernel = {"inject_kernel": self.inject_kernel} if self.inject_kernel != 1 else {}
-        return {**CODES[self.codes][0], **kernel}
+        depth = {"inject_depth": self.inject_depth} if self.inject_depth != 1 else {}
+        return {**CODES[self.codes][0], **kernel, **depth}
 
     @property
     def tag(self) -> str:
-        return CODES[self.codes][1] + (f"_k{self.inject_kernel}" if self.inject_kernel != 1 else "")
+        return (CODES[self.codes][1] + (f"_k{self.inject_kernel}" if self.inject_kernel != 1 else "")
+                + (f"_d{self.inject_depth}" if self.inject_depth != 1 else ""))
 
 
 STAGES = ("codebook", "predictor", "quality")
@@ -151,6 +156,9 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--inject-kernel", type=int, default=1,
                    help="the kernel of the plug-in's output layer W_o (odd; the configs': 1); a kernel other than 1 "
                         "trains its own plug-ins, as --codes does")
+    p.add_argument("--inject-depth", type=int, default=1,
+                   help="W_o's convolutions (the configs': 1, linear; D > 1: a small decoder of the code "
+                        "differences, GELU between); a depth other than 1 trains its own plug-ins, as --codes does")
     p.add_argument("--hosts", default="restoreformer,swinir", help=f"host families: {', '.join(HOSTS)}")
     p.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=True,
                    help="also train and evaluate the ablations (--no-ablations: the host, the controls and the "
@@ -552,7 +560,8 @@ def report(meta: dict, prior: dict, families: dict) -> str:
              f"Training GT: {meta['n_train']} images of `{meta['data']}`, {meta['n_contaminated']} of them "
              f"contaminated ({meta['contamination']}); training inputs degraded from "
              + {"target": "their targets", "pristine": "the targets' pristine copies"}[meta["lq_from"]]
-             + f"; the plug-ins' codes: one per {meta['codes']}, W_o {meta['inject_kernel']}x{meta['inject_kernel']}; "
+             + f"; the plug-ins' codes: one per {meta['codes']}, W_o {meta['inject_kernel']}x{meta['inject_kernel']}"
+             + ("" if meta["inject_depth"] == 1 else f", {meta['inject_depth']} layers (GELU between)") + "; "
              f"held out: {meta['n_heldout']} pristine images, degraded once (seed 0) with each host's training "
              f"degradations. Hosts {it['host']} iterations; plug-in stages {it['codebook']} + {it['predictor']} + "
              f"{it['quality']}; controls +{sum(it[s] for s in STAGES)} iterations. Mean ± standard error over the "
@@ -591,7 +600,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"--contaminate must lie strictly between 0 and 1, got {args.contaminate}")
     if args.inject_kernel < 1 or args.inject_kernel % 2 == 0:
         raise SystemExit(f"--inject-kernel must be an odd positive integer, got {args.inject_kernel}")
-    choice = PluginChoice(args.codes, args.inject_kernel)
+    if args.inject_depth < 1:
+        raise SystemExit(f"--inject-depth must be a positive integer, got {args.inject_depth}")
+    choice = PluginChoice(args.codes, args.inject_kernel, args.inject_depth)
     start = time.perf_counter()
     device = resolve_device(args.device)
     budget = BUDGETS[args.budget]
@@ -628,7 +639,7 @@ def main(argv: list[str] | None = None) -> dict:
             "steps_s": times, "iters": budget["iters"], "data": Path(args.data).name, "n_train": len(manifest["train"]),
             "n_contaminated": len(manifest["contaminated"]), "n_heldout": len(manifest["heldout"]),
             "contamination": manifest["contamination"], "contaminate": args.contaminate, "lq_from": args.lq_from,
-            "codes": args.codes, "inject_kernel": args.inject_kernel,
+            "codes": args.codes, "inject_kernel": args.inject_kernel, "inject_depth": args.inject_depth,
             "ablations": args.ablations, "scores": list(SCORES),
             "top_percent": budget["top_percent"], "top_threshold": threshold,
             "top_contaminated_fraction": sum(n in manifest["contaminated"] for n in top) / max(1, len(top)),

@@ -33,8 +33,9 @@ per-pixel features (``Q`` below is the identity) and the correction needs no ``U
                ``soft = softmax(l) @ C``.
 5. Injection:  ``z' = z + U(W_o (q - Q(z)))``, ``Q`` = ``P`` (``codes: token``) or the identity
                (``pixel``), with ``W_o`` a 1x1 convolution (``inject_kernel: k``: k x k, so that each
-               correction also sees its neighbours' codes) whose weight and bias start at zero. Hence a
-               fresh plug-in gives ``z' = z`` and the wrapper reproduces the host exactly; as ``W_o``
+               correction also sees its neighbours' codes; ``inject_depth: d``: d k x k convolutions with
+               GELU between, a small decoder of the code differences) whose last weight and bias start at
+               zero. Hence a fresh plug-in gives ``z' = z`` and the wrapper reproduces the host exactly; as ``W_o``
                learns, ``z'`` moves from the host's own bottleneck towards the decoded codes. For hosts
                that keep full-resolution features (SwinIR) the correction ``U(...)`` is added to, never
                substituted for, the host's detail; a bilinear ``U`` makes it smooth, a pixel-shuffle ``U``
@@ -92,6 +93,7 @@ SHARED_OPTIONS = {
     "upsample": "bilinear",  # correction from the token grid to the bottleneck: 'bilinear' or 'pixelshuffle'
     "codes": "token",        # one code per token, or per bottleneck pixel ('pixel', needs patch)
     "inject_kernel": 1,      # W_o's kernel: 1 (per code) or an odd k > 1 (each correction sees its k x k codes)
+    "inject_depth": 1,       # W_o's convolutions: 1 (linear) or d > 1 (d - 1 hidden C-channel layers, GELU between)
 }
 CHOICES = {"cond": ("adaln", "adaln_single", "binned"), "index_head": ("dense", "similarity"),
            "upsample": ("bilinear", "pixelshuffle"), "codes": ("token", "pixel"),
@@ -131,6 +133,9 @@ def plugin_options(channels: int, has_host_codebook: bool, overrides: dict) -> d
     kernel = cfg["inject_kernel"]
     if isinstance(kernel, bool) or not (isinstance(kernel, int) and kernel > 0 and kernel % 2):
         raise ValueError(f"plugin inject_kernel must be an odd positive integer (1, 3, 5, ...), got {kernel!r}.")
+    depth = cfg["inject_depth"]
+    if isinstance(depth, bool) or not (isinstance(depth, int) and depth > 0):
+        raise ValueError(f"plugin inject_depth must be a positive integer (1, 2, ...), got {depth!r}.")
     if cfg["share_host_codebook"] and not has_host_codebook:
         raise ValueError("plugin share_host_codebook: true, but this host has no codebook of its own.")
     return cfg
@@ -310,6 +315,9 @@ class IQPPlugin(nn.Module):
             self.head_hq = SimilarityHead(dim, channels)
         self.shuffle = cfg["patch"] if cfg["upsample"] == "pixelshuffle" else 1
         kernel = cfg["inject_kernel"]
+        #: W_o: the hidden layers (``inject_depth`` - 1, GELU after each), then ``out_conv``, zero-initialised
+        self.inject_hidden = nn.ModuleList(nn.Conv2d(channels, channels, kernel, padding=kernel // 2)
+                                           for _ in range(cfg["inject_depth"] - 1))
         self.out_conv = nn.Conv2d(channels, channels * self.shuffle ** 2, kernel, padding=kernel // 2)
         #: code selection: 'straight_through' while training, 'hard' at eval; 'continuous' (the unquantised
         #: ablation) decodes the softmax mixture in both
@@ -336,6 +344,7 @@ class IQPPlugin(nn.Module):
         """Fix ``W_o``, the map from decoded codes to the host's features (discrete quality optimisation): a loss
         can then change the output only by changing which codes are chosen (or, in 'continuous' mode, their
         softmax mixture), never by writing a pattern of its own through ``W_o``."""
+        self.inject_hidden.requires_grad_(False)
         self.out_conv.requires_grad_(False)
 
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
@@ -459,10 +468,13 @@ class IQPPlugin(nn.Module):
         then trains only the code prediction)."""
         grid = self.code_grid(*z.shape[-2:])
         delta = rearrange(codes - self.code_features(z), "b (h w) c -> b c h w", h=grid[0], w=grid[1])
-        weight, bias = self.out_conv.weight, self.out_conv.bias
-        if detach_injection:
-            weight, bias = weight.detach(), bias.detach()
-        delta = F.conv2d(delta, weight, bias, padding=self.out_conv.padding)
+        for conv in (*self.inject_hidden, self.out_conv):
+            weight, bias = conv.weight, conv.bias
+            if detach_injection:
+                weight, bias = weight.detach(), bias.detach()
+            delta = F.conv2d(delta, weight, bias, padding=conv.padding)
+            if conv is not self.out_conv:
+                delta = F.gelu(delta)
         height, width = z.shape[-2:]
         if self.shuffle > 1:  # each token's p x p pixels; (gh * p, gw * p) >= (H, W): crop the excess
             delta = F.pixel_shuffle(delta, self.shuffle)[..., :height, :width]

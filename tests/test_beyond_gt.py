@@ -83,34 +83,38 @@ def test_each_setup_has_its_own_work_folder(tmp_path):
     assert len(dirs) == 4 and tmp_path / "work_small" in dirs  # the default setup keeps its folder
 
 
-@pytest.mark.parametrize("kernel", [1, 3])
-def test_pixel_codes_train_their_own_plugins_and_share_the_controls(kernel):
-    """--codes pixel (and --inject-kernel): the host and the controls are the token run's, trained once; every
-    plug-in training has its own name, starts from a plug-in of the same choice, and sets the choice's options."""
+@pytest.mark.parametrize("kernel, depth", [(1, 1), (3, 1), (5, 2)])
+def test_pixel_codes_train_their_own_plugins_and_share_the_controls(kernel, depth):
+    """--codes pixel (and --inject-kernel, --inject-depth): the host and the controls are the token run's, trained
+    once; every plug-in training has its own name, starts from a plug-in of the same choice, and sets the choice's
+    options."""
     iters = beyond_gt.BUDGETS["tiny"]["iters"]
-    choice = beyond_gt.PluginChoice("pixel", kernel)
+    choice = beyond_gt.PluginChoice("pixel", kernel, depth)
     token, pixel = beyond_gt.trainings("sw", iters), beyond_gt.trainings("sw", iters, choice=choice)
     controls = ("host", "oracle", "further", "filtered")
     assert {k: pixel[k] for k in controls} == {k: token[k] for k in controls}
     plugins = {k: opt for k, (_, opt) in pixel.items() if k not in controls}
     other_names = {opt["name"] for _, opt in token.values()}
-    if kernel != 1:  # nor those of the 1x1 pixel codes
-        one = beyond_gt.trainings("sw", iters, choice=beyond_gt.PluginChoice("pixel"))
+    for other in {(1, 1), (kernel, 1)} - {(kernel, depth)}:  # nor those of the same codes with another W_o
+        one = beyond_gt.trainings("sw", iters, choice=beyond_gt.PluginChoice("pixel", *other))
         other_names |= {opt["name"] for _, opt in one.values()}
     assert "bilinear" not in plugins and plugins  # the bilinear ablation is of the token codes' pixel shuffle
-    prefix = "bgt_sw_pixel" + ("_k3_" if kernel == 3 else "_")
+    prefix = "bgt_sw_pixel" + {(1, 1): "_", (3, 1): "_k3_", (5, 2): "_k5_d2_"}[kernel, depth]
     for key, opt in plugins.items():
         assert opt["name"].startswith(prefix) and opt["name"] not in other_names, key
         assert opt["network_g:plugin:codes"] == "pixel" and opt["network_g:plugin:upsample"] == "bilinear", key
         assert opt.get("network_g:plugin:inject_kernel", 1) == kernel, key
+        assert opt.get("network_g:plugin:inject_depth", 1) == depth, key
         start = opt.get("path:pretrain_network_g")
         assert start is None or start.startswith(f"experiments/{prefix}"), (key, start)
         assert opt["network_g:host_checkpoint"] == "experiments/bgt_sw_host/models/net_g_latest.pth"
 
 
-def test_even_inject_kernel_is_refused_before_any_work(tmp_path):
-    with pytest.raises(SystemExit, match="--inject-kernel must be an odd positive integer, got 2"):
-        beyond_gt.main(["--data", str(tmp_path / "none"), "--out", str(tmp_path), "--inject-kernel", "2"])
+@pytest.mark.parametrize("flag, value, message", [("--inject-kernel", "2", "an odd positive integer, got 2"),
+                                                   ("--inject-depth", "0", "a positive integer, got 0")])
+def test_bad_injection_is_refused_before_any_work(tmp_path, flag, value, message):
+    with pytest.raises(SystemExit, match=f"{flag} must be {message}"):
+        beyond_gt.main(["--data", str(tmp_path / "none"), "--out", str(tmp_path), flag, value])
     assert not any(tmp_path.iterdir())
 
 

@@ -193,11 +193,11 @@ def test_quality_stage_improves_the_trained_metric(workdir):
 
 
 def test_quality_stage_moves_the_injection_only_when_told(workdir):
-    """quality_trains: predictor (default) keeps W_o (live and EMA) as stage 2 left it, so the NR-IQA loss moves the
-    output only through the code choice; 'plugin' trains W_o too; any other value is refused."""
+    """quality_trains: predictor (default) keeps W_o (live and EMA, every layer of it) as stage 2 left it, so the
+    NR-IQA loss moves the output only through the code choice; 'plugin' trains W_o too; any other value is refused."""
     for trains, moves in (("predictor", False), ("plugin", True)):
         torch.manual_seed(0)
-        model, loader = make_model(workdir, "quality", quality_trains=trains)
+        model, loader = make_model(workdir, "quality", {"inject_depth": 2}, quality_trains=trains)
         torch.nn.init.normal_(model.plugin.out_conv.weight, std=0.01)  # as after stage 2
         model.plugin_ema.load_state_dict(model.plugin.state_dict())
         before = {k: v.clone() for k, v in model.plugin.state_dict().items()}
@@ -206,26 +206,30 @@ def test_quality_stage_moves_the_injection_only_when_told(workdir):
             model.optimize_parameters(it)
         for net in (model.plugin, model.plugin_ema):
             after = net.state_dict()
-            assert torch.equal(after["out_conv.weight"], before["out_conv.weight"]) is not moves, trains
+            for key in ("out_conv.weight", "inject_hidden.0.weight"):
+                assert torch.equal(after[key], before[key]) is not moves, (trains, key)
             assert not torch.equal(after["blocks.0.attn.qkv.weight"], before["blocks.0.attn.qkv.weight"]), trains
     with pytest.raises(ValueError, match="quality_trains must be 'predictor'"):
         make_model(workdir, "quality", quality_trains="everything")
 
 
 def test_teacher_forcing_splits_the_pixel_losses(workdir):
-    """teacher_forcing: W_o learns only from the output decoded from the GT's own codes (l_pix_teacher), the
-    Transformer only from the losses on its predicted codes (l_pix reaches W_o not at all)."""
+    """teacher_forcing: W_o (all its layers, ``inject_depth`` 2 here) learns only from the output decoded from the
+    GT's own codes (l_pix_teacher), the Transformer only from the losses on its predicted codes (l_pix reaches W_o
+    not at all)."""
     torch.manual_seed(0)
-    model, loader = make_model(workdir, "predictor", teacher_forcing=True)
+    model, loader = make_model(workdir, "predictor", {"inject_depth": 2}, teacher_forcing=True)
     torch.nn.init.normal_(model.plugin.out_conv.weight, std=0.01)  # so that gradients reach the Transformer
     model.feed_data(fixed_batch(loader))
     losses = model.losses()
     assert set(losses) >= {"l_pix", "l_pix_teacher"}
-    params = {"W_o": model.plugin.out_conv.weight, "Transformer": model.plugin.in_proj.weight}
+    params = {"W_o": model.plugin.out_conv.weight, "W_o hidden": model.plugin.inject_hidden[0].weight,
+              "Transformer": model.plugin.in_proj.weight}
     grads = {name: torch.autograd.grad(losses[name], list(params.values()), allow_unused=True)
              for name in ("l_pix", "l_pix_teacher")}
-    assert grads["l_pix"][0] is None and grads["l_pix"][1].abs().sum() > 0
-    assert grads["l_pix_teacher"][0].abs().sum() > 0 and grads["l_pix_teacher"][1] is None
+    assert grads["l_pix"][0] is None and grads["l_pix"][1] is None and grads["l_pix"][2].abs().sum() > 0
+    assert grads["l_pix_teacher"][0].abs().sum() > 0 and grads["l_pix_teacher"][1].abs().sum() > 0
+    assert grads["l_pix_teacher"][2] is None
     with pytest.raises(ValueError, match="teacher_forcing needs train:pixel_opt"):
         make_model(workdir, "predictor", teacher_forcing=True, pixel_opt=None)
 

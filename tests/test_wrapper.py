@@ -235,22 +235,29 @@ def test_pixel_codes_start_at_the_host_and_give_every_pixel_its_own_code():
         IQPPlugin(8, **{**TINY_PLUGIN, "codes": "pixel", "upsample": "pixelshuffle"})
 
 
-@pytest.mark.parametrize("kernel", [1, 3])
-def test_inject_kernel_sets_how_far_one_code_reaches(kernel):
-    """inject_kernel k: a fresh plug-in is still the host; once W_o is non-zero, changing one pixel's code changes
-    the correction of exactly its k x k neighbourhood; even or non-integer kernels are refused."""
-    net, b, out = perturbed_swinir_plugin(torch.rand(1, 3, 16, 16), codes="pixel", inject_kernel=kernel)
+@pytest.mark.parametrize("kernel, depth", [(1, 1), (3, 1), (3, 2), (1, 3)])
+def test_inject_kernel_and_depth_set_how_far_one_code_reaches(kernel, depth):
+    """inject_kernel k, inject_depth d: a fresh plug-in is still the host; once W_o is non-zero, changing one
+    pixel's code changes the correction of exactly its neighbourhood of radius d * (k // 2); even or non-integer
+    kernels and depths below 1 are refused."""
+    net, b, out = perturbed_swinir_plugin(torch.rand(1, 3, 16, 16), codes="pixel", inject_kernel=kernel,
+                                          inject_depth=depth)
+    assert len(net.plugin.inject_hidden) == depth - 1
     width = b.z.shape[-1]
     codes = out.codes.clone()
     codes[0, 5 * width + 6] += 1.0  # the code of pixel (5, 6)
     with torch.no_grad():
         changed = (net.plugin.inject(codes, b.z) - out.z).abs().amax(dim=1)[0] > 0
+    r = depth * (kernel // 2)
     reach = torch.zeros_like(changed)
-    reach[5 - kernel // 2:6 + kernel // 2, 6 - kernel // 2:7 + kernel // 2] = True
+    reach[5 - r:6 + r, 6 - r:7 + r] = True
     assert torch.equal(changed, reach)
     for bad in (2, 0, 1.0, True):  # True is an int in Python: refused, not read as 1
         with pytest.raises(ValueError, match="inject_kernel must be an odd positive integer"):
             IQPPlugin(8, **{**TINY_PLUGIN, "inject_kernel": bad})
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="inject_depth must be a positive integer"):
+            IQPPlugin(8, **{**TINY_PLUGIN, "inject_depth": bad})
 
 
 def test_transformer_is_built_from_timm_layers():
