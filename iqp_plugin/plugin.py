@@ -130,12 +130,11 @@ def plugin_options(channels: int, has_host_codebook: bool, overrides: dict) -> d
     if cfg["codes"] == "pixel" and cfg["upsample"] != "bilinear":
         raise ValueError("plugin codes: pixel corrects every pixel by its own code; remove upsample: "
                          f"{cfg['upsample']} (it resamples token codes only).")
-    kernel = cfg["inject_kernel"]
-    if isinstance(kernel, bool) or not (isinstance(kernel, int) and kernel > 0 and kernel % 2):
-        raise ValueError(f"plugin inject_kernel must be an odd positive integer (1, 3, 5, ...), got {kernel!r}.")
-    depth = cfg["inject_depth"]
-    if isinstance(depth, bool) or not (isinstance(depth, int) and depth > 0):
-        raise ValueError(f"plugin inject_depth must be a positive integer (1, 2, ...), got {depth!r}.")
+    for key, odd, examples in (("inject_kernel", True, "1, 3, 5, ..."), ("inject_depth", False, "1, 2, ...")):
+        value = cfg[key]  # a bool is an int in Python: refused, not read as 0 or 1
+        if isinstance(value, bool) or not (isinstance(value, int) and value > 0 and (value % 2 or not odd)):
+            kind = "an odd positive" if odd else "a positive"
+            raise ValueError(f"plugin {key} must be {kind} integer ({examples}), got {value!r}.")
     if cfg["share_host_codebook"] and not has_host_codebook:
         raise ValueError("plugin share_host_codebook: true, but this host has no codebook of its own.")
     return cfg
