@@ -28,8 +28,11 @@ The paper's claim as a controlled experiment with a pristine reference that trai
              and evaluates only the host, the controls and these two plug-ins. ``--codes pixel`` trains every
              plug-in with a code per bottleneck pixel instead of per token (``codes: pixel``; the HQ code
              decoded at full weight), ``--inject-kernel K`` with a K x K ``W_o`` (each correction sees its
-             neighbours' codes) and ``--inject-depth D`` with D such layers, GELU between, under their own
-             training names, against the same host and controls.
+             neighbours' codes), ``--inject-depth D`` with D such layers, GELU between, ``--patch P`` with a
+             Transformer token per P x P bottleneck pixels, ``--norm rank`` conditioned on
+             the targets' ranks by score (``iqp score --norm rank``) instead of min-max scores, and
+             ``--quality-iters N`` with N stage-3 iterations, under their own training names, against the same
+             host and controls.
 6. evaluate  on the held-out images, degraded once with the host's training degradations (seed 0): PSNR and
              SSIM against the pristine image, NIQE, PIQE and the sharpness ratio (high-frequency energy of the
              output over that of the pristine image); host + IQP at every score of ``SCORES``, with its HQ
@@ -42,7 +45,8 @@ held-out images: the configs were fixed before the held-out numbers were looked 
 
     python benchmarks/beyond_gt.py --budget small --data DIR                         # CPU, 2 cores
     python benchmarks/beyond_gt.py --budget small --data DIR --lq-from pristine --contaminate 0.35 \
-        --hosts swinir --no-ablations [--codes pixel [--inject-kernel 7]]            # the decoupled setup
+        --hosts swinir --no-ablations [--codes pixel --inject-kernel 7 --patch 2 --quality-iters 200]
+                                                                                     # the decoupled setup
     python benchmarks/beyond_gt.py --budget full --device cuda --data DIR --out OUT  # GPU
 """
 from __future__ import annotations
@@ -50,6 +54,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -96,27 +101,44 @@ PIXEL_SHUFFLE = ("sw",)
 #: common code and the HQ code a residual pair decoded at full weight (the HQ codebook learns the residual the
 #: common code leaves, so ``common + 1.0 * hq`` is what it reconstructs)
 CODES = {"token": ({}, ""), "pixel": ({"codes": "pixel", "upsample": "bilinear", "hq_weight": 1.0}, "_pixel")}
+#: --norm: how the prior's raw scores are mapped to [0, 1] for the plug-in's condition (``iqp score --norm``): the
+#: scores CSV and the tag in the plug-in trainings' names. Ranks keep the order, so the filtering baseline's top
+#: set and the HQ codebook's top-q% set are the same under both; min-max's CSV is always made (the AUC, filtering)
+NORMS = {"minmax": ("data/train_scores.csv", ""), "rank": ("data/train_scores_rank.csv", "_rank")}
 
 
 @dataclass(frozen=True)
 class PluginChoice:
-    """The plug-in's ``--codes`` (a key of :data:`CODES`), ``--inject-kernel`` and ``--inject-depth``: the options
-    they set over the configs', and the tag they add to the plug-in trainings' names (``_k<K>`` for a kernel other
-    than 1, ``_d<D>`` for a depth other than 1)."""
+    """The plug-in's ``--codes`` (a key of :data:`CODES`), ``--inject-kernel``, ``--inject-depth``, ``--patch``, the
+    scores' ``--norm`` and ``--quality-iters``: the options they set over the configs', and the tag they add to the
+    plug-in trainings' names (``_k<K>`` for a kernel other than 1, ``_d<D>`` for a depth other than 1, ``_p<P>`` for a
+    patch other than the config's, ``_rank`` for rank-normalised scores, ``_q<N>`` for N stage-3 iterations instead
+    of the budget's)."""
     codes: str = "token"
     inject_kernel: int = 1
     inject_depth: int = 1
+    patch: int | None = None
+    norm: str = "minmax"
+    quality_iters: int | None = None
 
     @property
     def options(self) -> dict:
         kernel = {"inject_kernel": self.inject_kernel} if self.inject_kernel != 1 else {}
         depth = {"inject_depth": self.inject_depth} if self.inject_depth != 1 else {}
-        return {**CODES[self.codes][0], **kernel, **depth}
+        patch = {"patch": self.patch} if self.patch else {}
+        return {**CODES[self.codes][0], **kernel, **depth, **patch}
 
     @property
     def tag(self) -> str:
         return (CODES[self.codes][1] + (f"_k{self.inject_kernel}" if self.inject_kernel != 1 else "")
-                + (f"_d{self.inject_depth}" if self.inject_depth != 1 else ""))
+                + (f"_d{self.inject_depth}" if self.inject_depth != 1 else "")
+                + (f"_p{self.patch}" if self.patch else "") + NORMS[self.norm][1]
+                + (f"_q{self.quality_iters}" if self.quality_iters else ""))
+
+    @property
+    def score_csv(self) -> str:
+        """The scores the plug-in trainings condition on, relative to the work folder."""
+        return NORMS[self.norm][0]
 
 
 STAGES = ("codebook", "predictor", "quality")
@@ -159,6 +181,15 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--inject-depth", type=int, default=1,
                    help="W_o's convolutions (the configs': 1, linear; D > 1: a small decoder of the code "
                         "differences, GELU between); a depth other than 1 trains its own plug-ins, as --codes does")
+    p.add_argument("--patch", type=int,
+                   help="pixels per Transformer token side (the configs': 4; with --codes pixel a smaller patch gives "
+                        "attention at a finer grid); another patch trains its own plug-ins, as --codes does")
+    p.add_argument("--norm", choices=NORMS, default="minmax",
+                   help="the scores the plug-in is conditioned on: min-max normalised (the authors') or ranks among "
+                        "the training GT (iqp score --norm rank); rank trains its own plug-ins, as --codes does")
+    p.add_argument("--quality-iters", type=int,
+                   help="stage-3 iterations of the plug-in trainings (default: the budget's); another count trains its "
+                        "own plug-ins, as --codes does (the host trained further keeps the budget's count)")
     p.add_argument("--hosts", default="restoreformer,swinir", help=f"host families: {', '.join(HOSTS)}")
     p.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=True,
                    help="also train and evaluate the ablations (--no-ablations: the host, the controls and the "
@@ -178,13 +209,20 @@ def work_dir(out: Path, budget: str, lq_from: str, contaminate: float) -> Path:
 
 
 # ---------------------------------------------------------------- prior
-def score_training_gt(work: Path, manifest: dict) -> dict:
-    """``iqp score`` of the mixed training GT with the prior; the AUC of each offline metric for telling
-    pristine from contaminated targets (P(a pristine target scores better than a contaminated one))."""
-    csv = work / "data" / "train_scores.csv"
+def score_training_gt(work: Path, manifest: dict, norm: str = "minmax") -> dict:
+    """``iqp score`` of the mixed training GT with the prior (min-max, and ``norm`` too when it is another);
+    the AUC of each offline metric for telling pristine from contaminated targets (P(a pristine target scores
+    better than a contaminated one))."""
+    csv = work / NORMS["minmax"][0]
     if not csv.exists():
-        run(["-m", "iqp_plugin.scoring", "-i", "data/train", "-o", "data/train_scores.csv", "--metrics", PRIOR],
+        run(["-m", "iqp_plugin.scoring", "-i", "data/train", "-o", NORMS["minmax"][0], "--metrics", PRIOR],
             work, work / "logs" / "score.log")
+    other = work / NORMS[norm][0]
+    if not other.exists():  # from min-max's raw scores: scoring into a copy computes no unchanged image again
+        for path in (other.with_suffix(".json"), other):
+            shutil.copyfile(csv.with_suffix(path.suffix), path)
+        run(["-m", "iqp_plugin.scoring", "-i", "data/train", "-o", NORMS[norm][0], "--metrics", PRIOR, "--norm", norm],
+            work, work / "logs" / f"score_{norm}.log")
     scores = load_scores(csv)
     dirty = set(manifest["contaminated"])
     auc = {f"{PRIOR} (the prior)": _auc([s for n, s in scores.items() if n not in dirty],
@@ -256,6 +294,8 @@ def trainings(prefix: str, iters: dict, lq_from: str = "target", ablations: bool
     base = f"bgt_{prefix}"
     plugin_opt, tag = choice.options, choice.tag
     forced = {f"network_g:plugin:{k}": v for k, v in plugin_opt.items()}
+    if choice.norm != "minmax":
+        forced["datasets:train:score_csv"] = choice.score_csv
     pbase = f"{base}{tag}"  # the plug-in trainings'
 
     def after(stage: str) -> dict:  # start from a plug-in training of the same choice
@@ -265,7 +305,8 @@ def trainings(prefix: str, iters: dict, lq_from: str = "target", ablations: bool
     host_iters = {"train:total_iter": h, "train:scheduler:milestones": [max(1, h // 2), max(2, 3 * h // 4)]}
     more = {"path:pretrain_network_g": host_ckpt, "train:total_iter": extra, "train:optim_g:lr": lr,
             "train:scheduler:milestones": [extra + 1]}
-    stage_opt = {s: {"network_g:host_checkpoint": host_ckpt, **forced, "train:total_iter": iters[s]} for s in STAGES}
+    plugin_iters = {**iters, **({"quality": choice.quality_iters} if choice.quality_iters else {})}
+    stage_opt = {s: {"network_g:host_checkpoint": host_ckpt, **forced, "train:total_iter": plugin_iters[s]} for s in STAGES}
     stage_opt["predictor"]["train:scheduler:milestones"] = [max(1, 3 * iters["predictor"] // 4)]
     jobs = {
         "host": (f"{prefix}_host", {"name": f"{base}_host", **host_iters}),
@@ -561,11 +602,13 @@ def report(meta: dict, prior: dict, families: dict) -> str:
              f"contaminated ({meta['contamination']}); training inputs degraded from "
              + {"target": "their targets", "pristine": "the targets' pristine copies"}[meta["lq_from"]]
              + f"; the plug-ins' codes: one per {meta['codes']}, W_o {meta['inject_kernel']}x{meta['inject_kernel']}"
-             + ("" if meta["inject_depth"] == 1 else f", {meta['inject_depth']} layers (GELU between)") + "; "
+             + ("" if meta["inject_depth"] == 1 else f", {meta['inject_depth']} layers (GELU between)")
+             + ("" if meta["patch"] is None else f", {meta['patch']}x{meta['patch']} pixels per token")
+             + ("; conditioned on rank-normalised scores" if meta["norm"] == "rank" else "") + "; "
              f"held out: {meta['n_heldout']} pristine images, degraded once (seed 0) with each host's training "
              f"degradations. Hosts {it['host']} iterations; plug-in stages {it['codebook']} + {it['predictor']} + "
-             f"{it['quality']}; controls +{sum(it[s] for s in STAGES)} iterations. Mean ± standard error over the "
-             "held-out images.", "",
+             f"{meta['quality_iters']}; controls +{sum(it[s] for s in STAGES)} iterations. Mean ± standard error over "
+             "the held-out images.", "",
              "Prior AUC (pristine vs contaminated training GT): "
              + ", ".join(f"{k} {v:.3f}" for k, v in prior["auc"].items()) + ".", ""]
     digits = {"psnr": 2, "ssim": 4, "sharpness": 3, PRIOR: 3, HELDOUT_NR: 2}
@@ -602,7 +645,10 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"--inject-kernel must be an odd positive integer, got {args.inject_kernel}")
     if args.inject_depth < 1:
         raise SystemExit(f"--inject-depth must be a positive integer, got {args.inject_depth}")
-    choice = PluginChoice(args.codes, args.inject_kernel, args.inject_depth)
+    for flag, value in (("--patch", args.patch), ("--quality-iters", args.quality_iters)):
+        if value is not None and value < 1:
+            raise SystemExit(f"{flag} must be a positive integer, got {value}")
+    choice = PluginChoice(args.codes, args.inject_kernel, args.inject_depth, args.patch, args.norm, args.quality_iters)
     start = time.perf_counter()
     device = resolve_device(args.device)
     budget = BUDGETS[args.budget]
@@ -619,7 +665,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     manifest = step("data", lambda: beyond_gt_data.prepare(
         args.data, work, train=budget["train"], heldout=budget["heldout"], fraction=args.contaminate, size=SIZE))
-    prior = step("score", lambda: score_training_gt(work, manifest))
+    prior = step("score", lambda: score_training_gt(work, manifest, args.norm))
     _, threshold = beyond_gt_data.top_scored(work, prior["scores"], budget["top_percent"])
     top = [n for n, s in prior["scores"].items() if s >= threshold]
     jobs = {(family, key): job for family in families
@@ -640,6 +686,7 @@ def main(argv: list[str] | None = None) -> dict:
             "n_contaminated": len(manifest["contaminated"]), "n_heldout": len(manifest["heldout"]),
             "contamination": manifest["contamination"], "contaminate": args.contaminate, "lq_from": args.lq_from,
             "codes": args.codes, "inject_kernel": args.inject_kernel, "inject_depth": args.inject_depth,
+            "patch": args.patch, "norm": args.norm, "quality_iters": args.quality_iters or budget["iters"]["quality"],
             "ablations": args.ablations, "scores": list(SCORES),
             "top_percent": budget["top_percent"], "top_threshold": threshold,
             "top_contaminated_fraction": sum(n in manifest["contaminated"] for n in top) / max(1, len(top)),

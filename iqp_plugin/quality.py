@@ -2,7 +2,9 @@
 
 A prior is a list of pyiqa no-reference metrics with weights. Each raw score is mapped to [0,1]
 (1 = best, whatever the metric's direction) by min-max over the scored dataset (the IQPIR
-authors' recipe) or by pyiqa's nominal score range, then averaged with the weights into one
+authors' recipe), by pyiqa's nominal score range, or by its rank among the scored images (``rank``:
+the empirical distribution function, so that one outlier cannot squeeze every other image into a
+narrow band and 0.95 means "as good as the best 5%"), then averaged with the weights into one
 ``score``. The constants are kept in a JSON sidecar so new images land on the same scale. The loss built
 from a prior is :class:`iqp_plugin.losses.QualityLoss`.
 
@@ -21,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -127,6 +130,12 @@ def fixed_range(name: str) -> tuple[float, float]:
     return lo, hi
 
 
+#: how raw scores are mapped to [0, 1] (see the module doc)
+NORMALISATIONS = ("minmax", "fixed", "rank")
+#: 'rank' keeps the raw values at this many + 1 evenly spaced quantiles
+RANK_KNOTS = 100
+
+
 @dataclass
 class Normalizer:
     """Maps raw metric scores to one [0,1] higher-is-better ``score``; saved as the JSON sidecar."""
@@ -134,26 +143,37 @@ class Normalizer:
     prior: Prior
     ranges: dict[str, tuple[float, float]]
     mode: str = "minmax"
+    #: 'rank' only: per metric, the raw values at the quantiles 0, 1/K, ..., 1 of the scored images
+    quantiles: dict[str, list[float]] | None = None
 
     @classmethod
     def fit(cls, prior: Prior, raw: Mapping[str, Sequence[float]], mode: str = "minmax") -> Normalizer:
-        """Ranges from the scored values ('minmax', NaNs ignored) or from pyiqa's nominal ranges ('fixed')."""
+        """Ranges from the scored values ('minmax', NaNs ignored), from pyiqa's nominal ranges ('fixed'), or the
+        scored values' quantiles ('rank', :data:`RANK_KNOTS` + 1 of them)."""
         if mode == "fixed":
             return cls(prior, {m: fixed_range(m) for m in prior.metrics}, mode)
-        if mode != "minmax":
-            raise ValueError(f"normalisation must be 'minmax' or 'fixed', got '{mode}'")
-        ranges = {}
+        if mode not in NORMALISATIONS:
+            raise ValueError(f"normalisation must be one of {', '.join(NORMALISATIONS)}, got '{mode}'")
+        ranges, quantiles = {}, {}
         for m in prior.metrics:
             values = [v for v in raw[m] if not math.isnan(v)]
             if not values:
                 raise ValueError(f"no valid '{m}' scores to normalise")
             ranges[m] = (min(values), max(values))
-        return cls(prior, ranges, mode)
+            if mode == "rank":
+                quantiles[m] = np.quantile(values, np.linspace(0, 1, RANK_KNOTS + 1)).tolist()
+        return cls(prior, ranges, mode, quantiles or None)
 
     def normalise(self, metric: str, value: float) -> float:
         """One metric's raw value on [0,1], 1 = best (clipped outside the fitted range)."""
         lo, hi = self.ranges[metric]
-        x = (value - lo) / (hi - lo) if hi > lo else 0.5
+        if hi <= lo:
+            x = 0.5
+        elif self.mode == "rank":  # the fraction of scored images below value, interpolated between the knots
+            knots = self.quantiles[metric]
+            x = float(np.interp(value, knots, np.linspace(0, 1, len(knots))))
+        else:
+            x = (value - lo) / (hi - lo)
         x = min(max(x, 0.0), 1.0)
         return 1.0 - x if self.prior.lower_better[self.prior.metrics.index(metric)] else x
 
@@ -164,7 +184,8 @@ class Normalizer:
     def to_dict(self) -> dict:
         return {"metrics": list(self.prior.metrics), "weights": list(self.prior.weights),
                 "lower_better": list(self.prior.lower_better), "norm": self.mode,
-                "ranges": {m: list(r) for m, r in self.ranges.items()}}
+                "ranges": {m: list(r) for m, r in self.ranges.items()},
+                **({"quantiles": self.quantiles} if self.mode == "rank" else {})}
 
     def save(self, path: str | Path, **extra) -> None:
         """Write the sidecar atomically; ``extra`` keys are stored beside the constants."""
@@ -174,4 +195,4 @@ class Normalizer:
     def load(cls, path: str | Path) -> Normalizer:
         d = json.loads(Path(path).read_text())
         prior = Prior(tuple(d["metrics"]), tuple(d["weights"]))
-        return cls(prior, {m: tuple(r) for m, r in d["ranges"].items()}, d["norm"])
+        return cls(prior, {m: tuple(r) for m, r in d["ranges"].items()}, d["norm"], d.get("quantiles"))

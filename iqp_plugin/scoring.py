@@ -1,7 +1,7 @@
 """``iqp score``: score image folders with an NR-IQA prior into a CSV, and summarise such a CSV.
 
     iqp score -i DIR [-i DIR ...] -o scores.csv [--metrics niqe,piqe] [--weights 1,1] [--batch N]
-              [--device auto] [--norm minmax|fixed] [--replace]
+              [--device auto] [--norm minmax|fixed|rank] [--replace]
     iqp score --summary scores.csv [--top 20]
     torchrun --nproc_per_node N -m iqp_plugin.scoring -i DIR -o scores.csv     (files sharded over ranks;
     torchrun --nproc_per_node N --no-python iqp score -i DIR -o scores.csv       the same)

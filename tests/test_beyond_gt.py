@@ -14,6 +14,7 @@ import pytest
 from benchmarks import beyond_gt, beyond_gt_data
 from iqp_plugin.contamination import CONTAMINATION, contaminate
 from iqp_plugin.sample_data import write_crops
+from iqp_plugin.score_files import load_scores
 from tests.conftest import REPO
 
 #: scikit-image photos with texture everywhere (NIQE cannot score flat crops such as retina's black border)
@@ -110,9 +111,46 @@ def test_pixel_codes_train_their_own_plugins_and_share_the_controls(kernel, dept
         assert opt["network_g:host_checkpoint"] == "experiments/bgt_sw_host/models/net_g_latest.pth"
 
 
+def test_rank_scores_train_their_own_plugins_on_their_own_csv():
+    """--norm rank: the plug-in trainings (all three stages, the ablations' too) read the rank-normalised CSV under
+    names of their own; the host and the controls are the min-max run's."""
+    iters = beyond_gt.BUDGETS["tiny"]["iters"]
+    minmax = beyond_gt.trainings("sw", iters, choice=beyond_gt.PluginChoice("pixel", 7))
+    rank = beyond_gt.trainings("sw", iters, choice=beyond_gt.PluginChoice("pixel", 7, norm="rank"))
+    controls = ("host", "oracle", "further", "filtered")
+    assert {k: rank[k] for k in controls} == {k: minmax[k] for k in controls}
+    assert all("datasets:train:score_csv" not in opt for _, opt in minmax.values())
+    for key, (_, opt) in rank.items():
+        if key not in controls:
+            assert opt["name"].startswith("bgt_sw_pixel_k7_rank_"), key
+            assert opt["datasets:train:score_csv"] == "data/train_scores_rank.csv", key
+            start = opt.get("path:pretrain_network_g")
+            assert start is None or start.startswith("experiments/bgt_sw_pixel_k7_rank_"), (key, start)
+
+
+def test_patch_and_quality_iters_train_their_own_plugins():
+    """--quality-iters sets stage 3 of every plug-in (the ablations' too) and --patch every stage, each under names of
+    their own; the host and the controls stay the same."""
+    iters = beyond_gt.BUDGETS["small"]["iters"]
+    controls = {"host", "oracle", "further", "filtered"}
+    base = beyond_gt.trainings("sw", iters, choice=beyond_gt.PluginChoice("pixel", 7))
+    longer = beyond_gt.trainings("sw", iters, choice=beyond_gt.PluginChoice("pixel", 7, quality_iters=200))
+    assert {k for k in longer if longer[k] == base[k]} == controls
+    assert all(opt["name"].startswith("bgt_sw_pixel_k7_q200_") for key, (_, opt) in longer.items() if key not in controls)
+    for key in ("quality", "continuous", "injection", "teacher", "lean"):
+        assert longer[key][1]["train:total_iter"] == 200 and base[key][1]["train:total_iter"] == iters["quality"], key
+    assert longer["predictor"][1]["train:total_iter"] == iters["predictor"]
+    finer = beyond_gt.PluginChoice("pixel", 7, patch=2, norm="rank", quality_iters=200)
+    assert finer.tag == "_pixel_k7_p2_rank_q200" and finer.options["patch"] == 2
+    assert all(opt["network_g:plugin:patch"] == 2
+               for key, (_, opt) in beyond_gt.trainings("sw", iters, choice=finer).items() if key not in controls)
+
+
 @pytest.mark.parametrize("flag, value, message", [("--inject-kernel", "2", "an odd positive integer, got 2"),
-                                                   ("--inject-depth", "0", "a positive integer, got 0")])
-def test_bad_injection_is_refused_before_any_work(tmp_path, flag, value, message):
+                                                   ("--inject-depth", "0", "a positive integer, got 0"),
+                                                   ("--patch", "0", "a positive integer, got 0"),
+                                                   ("--quality-iters", "0", "a positive integer, got 0")])
+def test_bad_plugin_choice_is_refused_before_any_work(tmp_path, flag, value, message):
     with pytest.raises(SystemExit, match=f"{flag} must be {message}"):
         beyond_gt.main(["--data", str(tmp_path / "none"), "--out", str(tmp_path), flag, value])
     assert not any(tmp_path.iterdir())
@@ -158,15 +196,18 @@ def test_tiny_run_on_bundled_crops(hq, tmp_path):
     assert f"Targets for {beyond_gt.TEACHER}" in markdown
     assert len((out / "work_tiny" / "data" / "train_scores.csv").read_text().splitlines()) == 13
 
-    # --codes pixel in the same folder: its own plug-ins, against the host and controls already trained
+    # --codes pixel --norm rank in the same folder: its own plug-ins, against the host and controls already trained
     experiments = out / "work_tiny" / "experiments"
     controls = {p: p.stat().st_mtime_ns for k in ("host", "oracle", "further", "filtered")
                 for p in [experiments / f"bgt_sw_{k}" / "models" / "net_g_latest.pth"]}
-    proc = subprocess.run(cmd + ["--hosts", "swinir", "--no-ablations", "--codes", "pixel"], cwd=REPO,
+    proc = subprocess.run(cmd + ["--hosts", "swinir", "--no-ablations", "--codes", "pixel", "--norm", "rank"], cwd=REPO,
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads((out / "beyond_gt.json").read_text())
-    assert data["meta"]["codes"] == "pixel" and set(data["families"]) == {"swinir"}
+    assert data["meta"]["codes"] == "pixel" and data["meta"]["norm"] == "rank" and set(data["families"]) == {"swinir"}
     assert f"{beyond_gt.TEACHER} @{beyond_gt.TARGET}" in data["families"]["swinir"]["results"]
     assert {p: p.stat().st_mtime_ns for p in controls} == controls  # reused, not trained again
-    assert (experiments / "bgt_sw_pixel_quality" / "models" / "net_g_latest.pth").is_file()
+    assert (experiments / "bgt_sw_pixel_rank_quality" / "models" / "net_g_latest.pth").is_file()
+    minmax, ranks = (load_scores(out / "work_tiny" / "data" / f) for f in ("train_scores.csv", "train_scores_rank.csv"))
+    assert sorted(minmax, key=minmax.get) == sorted(ranks, key=ranks.get)  # the same order, so the same top sets
+    assert min(ranks.values()) == 0.0 and max(ranks.values()) == 1.0

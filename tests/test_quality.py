@@ -90,6 +90,32 @@ def test_prior_and_normalizer_roundtrip(tmp_path):
     assert fixed.ranges == {"piqe": (0.0, 100.0)} and fixed({"piqe": 25.0}) == 0.75
 
 
+def test_rank_normalizer_spreads_scores_past_an_outlier(tmp_path):
+    """One NIQE outlier squeezes min-max scores into a narrow band; ranks spread them evenly over [0, 1]."""
+    niqe = [float(v) for v in range(1, 101)] + [1000.0]  # lower is better; 1000 is the outlier
+    minmax = Normalizer.fit(create_prior("niqe"), {"niqe": niqe})
+    rank = Normalizer.fit(create_prior("niqe"), {"niqe": niqe}, mode="rank")
+    assert minmax({"niqe": 50.0}) > 0.95  # all but the outlier land near 1
+    assert rank({"niqe": 51.0}) == pytest.approx(0.5)  # the median image
+    assert rank({"niqe": 1.0}) == 1.0 and rank({"niqe": 1000.0}) == 0.0
+    assert rank({"niqe": 0.5}) == 1.0 and rank({"niqe": 5000.0}) == 0.0  # clipped beyond the scored range
+    ranked = [rank({"niqe": v}) for v in niqe]
+    assert ranked == sorted(ranked, reverse=True) and len(set(ranked)) == len(ranked)
+    rank.save(tmp_path / "r.json", count=len(niqe))
+    again = Normalizer.load(tmp_path / "r.json")
+    assert again.mode == "rank" and [again({"niqe": v}) for v in niqe] == ranked
+    with pytest.raises(ValueError, match="minmax, fixed, rank"):
+        Normalizer.fit(create_prior("niqe"), {"niqe": niqe}, mode="quantile")
+
+
+def test_norm_choices_match_the_normalisations():
+    from iqp_plugin import parsers
+    from iqp_plugin.quality import NORMALISATIONS
+
+    norm = next(a for a in parsers.score()._actions if a.dest == "norm")
+    assert tuple(norm.choices) == NORMALISATIONS
+
+
 def test_quality_loss_image_range():
     """Output in [-1,1] with image_range=(-1,1) is scored as the [0,1] image (the authors fed [-1,1] as is)."""
     assert LOSS_REGISTRY.get("QualityLoss") is QualityLoss
