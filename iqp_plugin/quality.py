@@ -3,8 +3,8 @@
 A prior is a list of pyiqa no-reference metrics with weights. Each raw score is mapped to [0,1]
 (1 = best, whatever the metric's direction) by min-max over the scored dataset (the IQPIR
 authors' recipe), by pyiqa's nominal score range, or by its rank among the scored images (``rank``:
-the empirical distribution function, so that one outlier cannot squeeze every other image into a
-narrow band and 0.95 means "as good as the best 5%"), then averaged with the weights into one
+the empirical distribution function, so that a long tail or an outlier cannot leave part of [0, 1] to
+almost no image, and 0.95 means "as good as the best 5%"), then averaged with the weights into one
 ``score``. The constants are kept in a JSON sidecar so new images land on the same scale. The loss built
 from a prior is :class:`iqp_plugin.losses.QualityLoss`.
 
