@@ -78,7 +78,7 @@ from iqp_plugin.devices import resolve_device  # noqa: E402
 from iqp_plugin.loading import load_wrapper  # noqa: E402
 from iqp_plugin.plugin import PRESETS  # noqa: E402
 from iqp_plugin.quality import create_prior  # noqa: E402
-from iqp_plugin.score_files import load_scores  # noqa: E402
+from iqp_plugin.score_files import load_scores, read_sidecar, sidecar_path  # noqa: E402
 from iqp_plugin.options import read_options  # noqa: E402
 
 CONFIGS = REPO / "configs" / "beyond_gt"
@@ -218,7 +218,9 @@ def score_training_gt(work: Path, manifest: dict, norm: str = "minmax") -> dict:
         run(["-m", "iqp_plugin.scoring", "-i", "data/train", "-o", NORMS["minmax"][0], "--metrics", PRIOR],
             work, work / "logs" / "score.log")
     other = work / NORMS[norm][0]
-    if not other.exists():  # from min-max's raw scores: scoring into a copy computes no unchanged image again
+    # from min-max's raw scores: scoring into a copy computes no unchanged image again; a copy whose sidecar still
+    # says min-max (an interrupted run) is normalised again
+    if not other.exists() or read_sidecar(sidecar_path(other)).get("norm") != norm:
         for path in (other.with_suffix(".json"), other):
             shutil.copyfile(csv.with_suffix(path.suffix), path)
         run(["-m", "iqp_plugin.scoring", "-i", "data/train", "-o", NORMS[norm][0], "--metrics", PRIOR, "--norm", norm],

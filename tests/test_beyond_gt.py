@@ -146,6 +146,20 @@ def test_patch_and_quality_iters_train_their_own_plugins():
                for key, (_, opt) in beyond_gt.trainings("sw", iters, choice=finer).items() if key not in controls)
 
 
+def test_an_interrupted_rank_scoring_is_normalised_again(tmp_path):
+    """A rank CSV left as the min-max copy (a run stopped while re-normalising) is not taken for ranks."""
+    work = tmp_path / "work"
+    write_crops(work / "data" / "train", 4, 96, seed=3, photos=PHOTOS)
+    beyond_gt.score_training_gt(work, {"contaminated": []})
+    data = work / "data"
+    for suffix in (".csv", ".json"):
+        (data / f"train_scores_rank{suffix}").write_bytes((data / f"train_scores{suffix}").read_bytes())
+    beyond_gt.score_training_gt(work, {"contaminated": []}, "rank")
+    assert json.loads((data / "train_scores_rank.json").read_text())["norm"] == "rank"
+    ranks = sorted(load_scores(data / "train_scores_rank.csv").values())  # 101 knots: ranks to within 0.01
+    assert ranks == pytest.approx([0, 1 / 3, 2 / 3, 1], abs=0.01)
+
+
 @pytest.mark.parametrize("flag, value, message", [("--inject-kernel", "2", "an odd positive integer, got 2"),
                                                    ("--inject-depth", "0", "a positive integer, got 0"),
                                                    ("--patch", "0", "a positive integer, got 0"),
