@@ -22,17 +22,19 @@ The paper's claim as a controlled experiment with a pristine reference that trai
              injection W_o trained by the NIQE loss too (``quality_trains: plugin``) (ablations). The
              configs' plug-in is the ``standard`` preset, scaled down; the three stages are run again with
              the ``lean`` default preset (every preset option reset to lean, the configs' patch and upsampling
-             kept), compared as 'IQP, lean default'. The stages 2-3 again with ``teacher_forcing`` in stage 2
+             kept), compared as 'IQP, lean default'; the stages 2-3 again with ``teacher_forcing`` in stage 2
              (W_o learns from the GT's own codes, the Transformer from its predicted ones), as
              'IQP teacher-forced', swept over the scores and held to targets 1-3 too. ``--no-ablations`` trains
-             and evaluates only the host, the controls and these two plug-ins. ``--codes pixel`` trains every
+             only the host, the controls and the configs' plug-in (its HQ-branch and quality-stage ablations
+             need no training and are still evaluated). ``--codes pixel`` trains every
              plug-in with a code per bottleneck pixel instead of per token (``codes: pixel``; the HQ code
              decoded at full weight), ``--inject-kernel K`` with a K x K ``W_o`` (each correction sees its
              neighbours' codes), ``--inject-depth D`` with D such layers, GELU between, ``--patch P`` with a
              Transformer token per P x P bottleneck pixels, ``--norm rank`` conditioned on
-             the targets' ranks by score (``iqp score --norm rank``) instead of min-max scores, and
-             ``--quality-iters N`` with N stage-3 iterations, under their own training names, against the same
-             host and controls.
+             the targets' ranks by score (``iqp score --norm rank``) instead of min-max scores,
+             ``--top-copies C`` with each top-scored target (the filtering baseline's set) C times in stages 2-3,
+             every target keeping its score, and ``--quality-iters N`` with N stage-3 iterations, under their own
+             training names, against the same host and controls.
 6. evaluate  on the held-out images, degraded once with the host's training degradations (seed 0): PSNR and
              SSIM against the pristine image, NIQE, PIQE and the sharpness ratio (high-frequency energy of the
              output over that of the pristine image); host + IQP at every score of ``SCORES``, with its HQ
@@ -45,7 +47,7 @@ held-out images: the configs were fixed before the held-out numbers were looked 
 
     python benchmarks/beyond_gt.py --budget small --data DIR                         # CPU, 2 cores
     python benchmarks/beyond_gt.py --budget small --data DIR --lq-from pristine --contaminate 0.35 \
-        --hosts swinir --no-ablations [--codes pixel --inject-kernel 7 --patch 2 --quality-iters 200]
+        --hosts swinir --no-ablations [--codes pixel --inject-kernel 7 --patch 2 --quality-iters 200 --top-copies 2]
                                                                                      # the decoupled setup
     python benchmarks/beyond_gt.py --budget full --device cuda --data DIR --out OUT  # GPU
 """
@@ -93,7 +95,7 @@ HOSTS = {"restoreformer": "rf", "swinir": "sw"}
 #: --lq-from: the folder each training input is degraded from (None: the training target itself)
 LQ_FROM = {"target": None, "pristine": "data/train_pristine"}
 #: the trainings of :func:`trainings` that ``--no-ablations`` keeps
-CORE = ("host", "oracle", "further", "filtered", "codebook", "predictor", "quality", "teacher_predictor", "teacher")
+CORE = ("host", "oracle", "further", "filtered", "codebook", "predictor", "quality")
 #: families whose plug-in uses the pixel-shuffle correction: they also train the bilinear ablation (token codes)
 PIXEL_SHUFFLE = ("sw",)
 #: --codes: the plug-in options set over the configs', and the tag in the plug-in trainings' names (the host and
@@ -110,16 +112,17 @@ NORMS = {"minmax": ("data/train_scores.csv", ""), "rank": ("data/train_scores_ra
 @dataclass(frozen=True)
 class PluginChoice:
     """The plug-in's ``--codes`` (a key of :data:`CODES`), ``--inject-kernel``, ``--inject-depth``, ``--patch``, the
-    scores' ``--norm`` and ``--quality-iters``: the options they set over the configs', and the tag they add to the
-    plug-in trainings' names (``_k<K>`` for a kernel other than 1, ``_d<D>`` for a depth other than 1, ``_p<P>`` for a
-    patch other than the config's, ``_rank`` for rank-normalised scores, ``_q<N>`` for N stage-3 iterations instead
-    of the budget's)."""
+    scores' ``--norm``, ``--quality-iters`` and ``--top-copies``: the options they set over the configs', and the tag
+    they add to the plug-in trainings' names (``_k<K>`` for a kernel other than 1, ``_d<D>`` for a depth other than 1,
+    ``_p<P>`` for a patch other than the config's, ``_rank`` for rank-normalised scores, ``_o<C>`` for each top-scored
+    target C times in stages 2-3, ``_q<N>`` for N stage-3 iterations instead of the budget's)."""
     codes: str = "token"
     inject_kernel: int = 1
     inject_depth: int = 1
     patch: int | None = None
     norm: str = "minmax"
     quality_iters: int | None = None
+    top_copies: int = 1
 
     @property
     def options(self) -> dict:
@@ -133,6 +136,7 @@ class PluginChoice:
         return (CODES[self.codes][1] + (f"_k{self.inject_kernel}" if self.inject_kernel != 1 else "")
                 + (f"_d{self.inject_depth}" if self.inject_depth != 1 else "")
                 + (f"_p{self.patch}" if self.patch else "") + NORMS[self.norm][1]
+                + (f"_o{self.top_copies}" if self.top_copies > 1 else "")
                 + (f"_q{self.quality_iters}" if self.quality_iters else ""))
 
     @property
@@ -166,7 +170,8 @@ def log(msg: str) -> None:
 def arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--budget", choices=BUDGETS, default="small",
-                   help="tiny: seconds (tests, plumbing only); small: CPU, about 45 minutes; full: a GPU")
+                   help="tiny: seconds (tests, plumbing only); small: CPU (one host, --no-ablations: about 36 min on 2 "
+                        "cores; both hosts with the ablations: 1.5 h or more); full: a GPU")
     p.add_argument("--data", required=True, help="folder of HQ images (faces: aligned crops)")
     p.add_argument("--contaminate", type=float, default=0.5, help="fraction of the training GT contaminated")
     p.add_argument("--lq-from", choices=LQ_FROM, default="target",
@@ -190,10 +195,13 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--quality-iters", type=int,
                    help="stage-3 iterations of the plug-in trainings (default: the budget's); another count trains its "
                         "own plug-ins, as --codes does (the host trained further keeps the budget's count)")
+    p.add_argument("--top-copies", type=int, default=1,
+                   help="each top-scored training target (the filtering baseline's top set) this many times in the plug-in's "
+                        "stages 2-3, every target keeping its score; another count trains its own plug-ins, as --codes does")
     p.add_argument("--hosts", default="restoreformer,swinir", help=f"host families: {', '.join(HOSTS)}")
     p.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=True,
-                   help="also train and evaluate the ablations (--no-ablations: the host, the controls and the "
-                        "two plug-ins only)")
+                   help="also train and evaluate the ablations, the teacher-forced plug-in among them (--no-ablations: "
+                        "the host, the controls and the configs' plug-in only)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--jobs", type=int, default=2, help="trainings run at once (on a CPU, the cores are split)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "beyond_gt"),
@@ -259,20 +267,33 @@ LEAN = {"preset": "lean", **PRESETS["lean"]}
 def train_all(work: Path, jobs: dict[tuple[str, str], tuple[str, dict]], device: torch.device,
               workers: int) -> dict[str, float]:
     """Run every training of ``jobs`` ((family, key) -> (config, overrides)), ``workers`` at a time, each as
-    soon as the trainings it needs (:data:`NEEDS`) are done. Returns seconds per training."""
+    soon as the trainings it needs (:data:`NEEDS`) are done. Returns seconds per training.
+
+    Ready trainings start longest chain first (the plug-in's three stages before a control), and on a CPU each
+    starts with the cores left to it: a training that runs alone, as the last stage often does, gets them all."""
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-    threads = max(1, (os.cpu_count() or 1) // workers) if device.type == "cpu" else None
+    chain = {}
+
+    def chain_length(job):  # trainings that must run one after another from ``job`` on, itself included
+        if job not in chain:
+            after = [other for other in jobs if other[0] == job[0] and job[1] in NEEDS[other[1]]]
+            chain[job] = 1 + max(map(chain_length, after), default=0)
+        return chain[job]
+
+    cores = os.cpu_count() or 1
     done, running, seconds = set(), {}, {}
     with ThreadPoolExecutor(workers) as pool, tqdm(total=len(jobs), desc="trainings", unit="training") as bar:
         while len(done) < len(jobs):
-            for job, (config, overrides) in jobs.items():
-                ready = all((job[0], need) in done for need in NEEDS[job[1]])
-                if job not in done and job not in running.values() and ready and len(running) < workers:
-                    start = time.perf_counter()
-                    future = pool.submit(train, work, config, device, threads, **overrides)
-                    future.start = start
-                    running[future] = job
+            ready = [job for job in jobs if job not in done and job not in running.values()
+                     and all((job[0], need) in done for need in NEEDS[job[1]])]
+            starting = sorted(ready, key=chain_length, reverse=True)[:workers - len(running)]
+            threads = max(1, cores // max(1, len(running) + len(starting))) if device.type == "cpu" else None
+            for job in starting:
+                config, overrides = jobs[job]
+                future = pool.submit(train, work, config, device, threads, **overrides)
+                future.start = time.perf_counter()
+                running[future] = job
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
                 job = running.pop(future)
@@ -334,8 +355,15 @@ def trainings(prefix: str, iters: dict, lq_from: str = "target", ablations: bool
            if prefix in PIXEL_SHUFFLE and choice.codes == "token" else {}),
     }
     source = LQ_FROM[lq_from]
-    return {key: (config, {**opt, **({"datasets:train:dataroot_source": source} if source and key != "oracle" else {})})
+    jobs = {key: (config, {**opt, **({"datasets:train:dataroot_source": source} if source and key != "oracle" else {})})
             for key, (config, opt) in jobs.items() if ablations or key in CORE}
+    if choice.top_copies > 1:  # stages 2-3 of every plug-in see each top-scored target top_copies times
+        more = beyond_gt_data.oversampled_paths(choice.top_copies, choice.score_csv)
+        over = {"datasets:train:dataroot_gt": more["gt"], "datasets:train:score_csv": more["score_csv"],
+                **({"datasets:train:dataroot_source": more["source"]} if source else {})}
+        jobs = {key: (config, {**opt, **over} if config.endswith(("_predictor", "_quality")) else opt)
+                for key, (config, opt) in jobs.items()}
+    return jobs
 
 
 def _variant_chain(prefix: str, pbase: str, stage_opt: dict, variant: str, plugin: dict) -> dict[str, tuple[str, dict]]:
@@ -411,12 +439,11 @@ def evaluate(work: Path, prefix: str, device: torch.device, ablations: bool = Tr
     lq, gt = heldout_pairs(work, prefix)
     pbase = f"bgt_{prefix}{choice.tag}"
     ckpt = {**{k: checkpoint(work, f"bgt_{prefix}_{k}") for k in ("host", "oracle", "further", "filtered")},
-            **{k: checkpoint(work, f"{pbase}_{k}") for k in ("predictor", "quality", "teacher")}}
+            **{k: checkpoint(work, f"{pbase}_{k}") for k in ("predictor", "quality")}}
     host = {k: load_wrapper(wrapper_net(prefix, ckpt[k], False), device=device)
             for k in ("host", "oracle", "further", "filtered")}
     net = wrapper_net(prefix, ckpt["host"], True, choice)
     iqp = load_wrapper(net, str(ckpt["quality"]), device)
-    teacher = load_wrapper(net, str(ckpt["teacher"]), device)
     image_range = iqp.adapter.image_range
     pristine = as_8bit(gt, image_range)
     systems = {"input (LQ)": lambda: as_8bit(lq, image_range),
@@ -426,8 +453,6 @@ def evaluate(work: Path, prefix: str, device: torch.device, ablations: bool = Tr
                "oracle (pristine GT)": lambda: restored(host["oracle"], lq, device)}
     for s in SCORES:
         systems[f"host + IQP @{s}"] = lambda s=s: restored(iqp, lq, device, score=s)
-    for s in SCORES:
-        systems[f"{TEACHER} @{s}"] = lambda s=s: restored(teacher, lq, device, score=s)
     systems["IQP, HQ branch off"] = lambda: _hq_off(iqp, lq, device)
     systems["IQP, no quality stage"] = lambda: restored(load_wrapper(net, str(ckpt["predictor"]), device), lq, device,
                                                         TARGET)
@@ -445,13 +470,16 @@ def evaluate(work: Path, prefix: str, device: torch.device, ablations: bool = Tr
 def _ablation_systems(work: Path, prefix: str, lq: torch.Tensor, device: torch.device,
                       choice: PluginChoice = PluginChoice()) -> dict:
     """The systems of the plug-ins trained differently (:func:`trainings` outside :data:`CORE`): name -> a
-    function returning their outputs at the target score."""
+    function returning their outputs (at every score for the teacher-forced plug-in, at the target score for the
+    others)."""
     host = checkpoint(work, f"bgt_{prefix}_host")
+    teacher = load_wrapper(wrapper_net(prefix, host, True, choice), str(checkpoint(work, f"bgt_{prefix}{choice.tag}_teacher")),
+                           device)
+    systems = {f"{TEACHER} @{s}": lambda s=s: restored(teacher, lq, device, score=s) for s in SCORES}
     variants = {"IQP, continuous quality stage": ("continuous", {}), "IQP, injection trained in stage 3": ("injection", {}),
                 "IQP, lean default": ("lean", LEAN)}
     if prefix in PIXEL_SHUFFLE and choice.codes == "token":
         variants["IQP, bilinear correction"] = ("bilinear", {"upsample": "bilinear"})
-    systems = {}
     for system, (variant, plugin) in variants.items():
         net = wrapper_net(prefix, host, True, choice)
         net["plugin"] = {**net["plugin"], **plugin, **choice.options}
@@ -481,8 +509,9 @@ def spearman(x: list[float], y: list[float]) -> float:
 
 def targets(per_image: dict, results: dict) -> dict:
     """The issue's four targets at budget small, each with its numbers and 'met', for the configs' plug-in,
-    and targets 1-3 again for the teacher-forced one. Verdicts: paired differences beyond NOISE_SE standard
-    errors, with no relative floor (``rtol=0``: 100 images resolve small differences)."""
+    and targets 1-3 again for the teacher-forced one where it was evaluated (with the ablations). Verdicts:
+    paired differences beyond NOISE_SE standard errors, with no relative floor (``rtol=0``: 100 images resolve
+    small differences)."""
     iqp = f"host + IQP @{TARGET}"
     pairs = {
         "HQ branch (on - off)": (iqp, "IQP, HQ branch off"),
@@ -495,8 +524,8 @@ def targets(per_image: dict, results: dict) -> dict:
     }
     ablation = {name: {m: paired(per_image[a][m], per_image[b][m], METRICS[m][0], rtol=0.0) for m in METRICS}
                 for name, (a, b) in pairs.items() if a in per_image and b in per_image}
-    return {**target_rows(per_image, results, "host + IQP"), "4 ablations": ablation,
-            "teacher-forced": target_rows(per_image, results, TEACHER)}
+    teacher = {"teacher-forced": target_rows(per_image, results, TEACHER)} if f"{TEACHER} @{TARGET}" in per_image else {}
+    return {**target_rows(per_image, results, "host + IQP"), "4 ablations": ablation, **teacher}
 
 
 def target_rows(per_image: dict, results: dict, system: str) -> dict:
@@ -527,12 +556,13 @@ def target_rows(per_image: dict, results: dict, system: str) -> dict:
 
 # ---------------------------------------------------------------- figures and report
 def save_grid(path: Path, images: dict, count: int = 6) -> None:
-    """Rows: the first ``count`` held-out images; columns: input | host | host + IQP (both plug-ins) | oracle |
-    pristine."""
+    """Rows: the first ``count`` held-out images; columns: input | host | host + IQP (and the teacher-forced
+    plug-in, where evaluated) | oracle | pristine."""
     import cv2
 
     columns = {"input": "input (LQ)", "host": "host", f"host + IQP @{TARGET}": f"host + IQP @{TARGET}",
-               "teacher-forced @0.95": f"{TEACHER} @{TARGET}", "oracle": "oracle (pristine GT)", "pristine": "pristine"}
+               f"teacher-forced @{TARGET}": f"{TEACHER} @{TARGET}", "oracle": "oracle (pristine GT)", "pristine": "pristine"}
+    columns = {label: key for label, key in columns.items() if key in images}
     rows = []
     for i in range(min(count, len(images["pristine"]))):
         tiles = [(images[key][i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for key in columns.values()]
@@ -559,6 +589,8 @@ def save_sweep(path: Path, results: dict[str, dict]) -> None:
         for k, (family, res) in enumerate(results.items()):
             colour = f"C{k}"
             for system, style in (("host + IQP", "-o"), (TEACHER, "-.s")):
+                if f"{system} @{TARGET}" not in res:
+                    continue
                 means = [res[f"{system} @{s}"][metric]["mean"] for s in SCORES]
                 errs = [res[f"{system} @{s}"][metric]["sem"] for s in SCORES]
                 ax.errorbar(SCORES, means, yerr=errs, fmt=style, color=colour, label=f"{family}: {system}")
@@ -606,7 +638,9 @@ def report(meta: dict, prior: dict, families: dict) -> str:
              + f"; the plug-ins' codes: one per {meta['codes']}, W_o {meta['inject_kernel']}x{meta['inject_kernel']}"
              + ("" if meta["inject_depth"] == 1 else f", {meta['inject_depth']} layers (GELU between)")
              + ("" if meta["patch"] is None else f", {meta['patch']}x{meta['patch']} pixels per token")
-             + ("; conditioned on rank-normalised scores" if meta["norm"] == "rank" else "") + "; "
+             + ("; conditioned on rank-normalised scores" if meta["norm"] == "rank" else "")
+             + (f"; each top-scored target {meta['top_copies']} times in stages 2-3" if meta.get("top_copies", 1) > 1 else "")
+             + "; "
              f"held out: {meta['n_heldout']} pristine images, degraded once (seed 0) with each host's training "
              f"degradations. Hosts {it['host']} iterations; plug-in stages {it['codebook']} + {it['predictor']} + "
              f"{meta['quality_iters']}; controls +{sum(it[s] for s in STAGES)} iterations. Mean ± standard error over "
@@ -620,7 +654,9 @@ def report(meta: dict, prior: dict, families: dict) -> str:
         rows = [[name] + [fmt(stats[m], digits[m]) for m in ("psnr", "ssim", "sharpness", PRIOR, HELDOUT_NR)]
                 for name, stats in res.items()]
         lines += [f"## {family}", "", markdown_table(header, rows), "", f"![grid]({fam['grid']}) ", ""]
-        for system, rows_of in (("host + IQP", tg), (TEACHER, tg["teacher-forced"])):
+        for system, rows_of in (("host + IQP", tg), (TEACHER, tg.get("teacher-forced"))):
+            if rows_of is None:
+                continue
             lines += [f"Targets for {system}:", "", target_table(rows_of), "",
                       f"Paired differences of {system} @{TARGET} (mean ± s.e.; better/worse beyond {NOISE_SE:g} s.e.):", ""]
             rows = [[base] + [f"{d['mean']:+.3f} ± {d['sem']:.3f} ({d['verdict']})" for d in ms.values()]
@@ -647,10 +683,11 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"--inject-kernel must be an odd positive integer, got {args.inject_kernel}")
     if args.inject_depth < 1:
         raise SystemExit(f"--inject-depth must be a positive integer, got {args.inject_depth}")
-    for flag, value in (("--patch", args.patch), ("--quality-iters", args.quality_iters)):
+    for flag, value in (("--patch", args.patch), ("--quality-iters", args.quality_iters), ("--top-copies", args.top_copies)):
         if value is not None and value < 1:
             raise SystemExit(f"{flag} must be a positive integer, got {value}")
-    choice = PluginChoice(args.codes, args.inject_kernel, args.inject_depth, args.patch, args.norm, args.quality_iters)
+    choice = PluginChoice(args.codes, args.inject_kernel, args.inject_depth, args.patch, args.norm, args.quality_iters,
+                          args.top_copies)
     start = time.perf_counter()
     device = resolve_device(args.device)
     budget = BUDGETS[args.budget]
@@ -670,6 +707,8 @@ def main(argv: list[str] | None = None) -> dict:
     prior = step("score", lambda: score_training_gt(work, manifest, args.norm))
     _, threshold = beyond_gt_data.top_scored(work, prior["scores"], budget["top_percent"])
     top = [n for n, s in prior["scores"].items() if s >= threshold]
+    if choice.top_copies > 1:
+        beyond_gt_data.oversampled(work, top, choice.top_copies, choice.score_csv)
     jobs = {(family, key): job for family in families
             for key, job in trainings(HOSTS[family], budget["iters"], args.lq_from, args.ablations, choice).items()}
     times.update(train_all(work, jobs, device, args.jobs))
@@ -689,6 +728,7 @@ def main(argv: list[str] | None = None) -> dict:
             "contamination": manifest["contamination"], "contaminate": args.contaminate, "lq_from": args.lq_from,
             "codes": args.codes, "inject_kernel": args.inject_kernel, "inject_depth": args.inject_depth,
             "patch": args.patch, "norm": args.norm, "quality_iters": args.quality_iters or budget["iters"]["quality"],
+            "top_copies": args.top_copies,
             "ablations": args.ablations, "scores": list(SCORES),
             "top_percent": budget["top_percent"], "top_threshold": threshold,
             "top_contaminated_fraction": sum(n in manifest["contaminated"] for n in top) / max(1, len(top)),

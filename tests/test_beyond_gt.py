@@ -3,6 +3,7 @@ training other than the oracle's), and one tiny end-to-end run on the bundled sa
 no assertion on quality numbers)."""
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -111,6 +112,37 @@ def test_pixel_codes_train_their_own_plugins_and_share_the_controls(kernel, dept
         assert opt["network_g:host_checkpoint"] == "experiments/bgt_sw_host/models/net_g_latest.pth"
 
 
+def test_trainings_start_longest_chain_first_and_a_lone_one_gets_every_core(monkeypatch, tmp_path):
+    """train_all: the plug-in's stages (the longest chain) start before the controls, each training only after
+    those it needs, and on a CPU the cores are shared among the trainings running at once."""
+    import threading
+    import time
+
+    log, lock = [], threading.Lock()
+    seconds = {"bgt_sw_further": 0.02, "bgt_sw_filtered": 0.02, "bgt_sw_codebook": 0.3, "bgt_sw_predictor": 0.3}
+
+    def fake_train(work, config, device, threads, **overrides):  # the controls quick, stages 1-2 slow
+        with lock:
+            log.append(("start", overrides["name"], threads))
+        time.sleep(seconds.get(overrides["name"], 0.1))
+        with lock:
+            log.append(("end", overrides["name"], threads))
+
+    monkeypatch.setattr(beyond_gt, "train", fake_train)
+    monkeypatch.setattr(beyond_gt.os, "cpu_count", lambda: 4)
+    jobs = {("sw", k): job for k, job in beyond_gt.trainings("sw", beyond_gt.BUDGETS["tiny"]["iters"], ablations=False).items()}
+    timed = beyond_gt.train_all(tmp_path, jobs, beyond_gt.torch.device("cpu"), 2)
+    assert set(timed) == {f"sw {k}" for _, k in jobs}
+    names = {opt["name"]: key for (_, key), (_, opt) in jobs.items()}
+    at = {(event, names[name]): i for i, (event, name, _) in enumerate(log)}
+    starts = sorted((i, key) for (event, key), i in at.items() if event == "start")
+    assert [key for _, key in starts[:2]] == ["host", "oracle"] and at["start", "codebook"] < at["start", "further"]
+    assert all(at["end", need] < at["start", key] for _, key in jobs for need in beyond_gt.NEEDS[key])
+    threads = {names[n]: t for event, n, t in log if event == "start"}
+    assert threads["host"] == threads["oracle"] == threads["further"] == threads["filtered"] == 2
+    assert threads["predictor"] == threads["quality"] == 4  # once the controls are done, the plug-in runs alone
+
+
 def test_rank_scores_train_their_own_plugins_on_their_own_csv():
     """--norm rank: the plug-in trainings (all three stages, the ablations' too) read the rank-normalised CSV under
     names of their own; the host and the controls are the min-max run's."""
@@ -146,6 +178,44 @@ def test_patch_and_quality_iters_train_their_own_plugins():
                for key, (_, opt) in beyond_gt.trainings("sw", iters, choice=finer).items() if key not in controls)
 
 
+def test_top_copies_oversample_the_top_targets_in_stages_2_and_3(tmp_path):
+    """--top-copies: the plug-in's stages 2-3 read a GT folder (and, with --lq-from pristine, a source folder) in which
+    each top-scored target appears K times, each copy scored as its original; stage 1 and the controls do not."""
+    work = tmp_path / "work"
+    for folder in ("train", "train_pristine"):
+        write_crops(work / "data" / folder, 4, 32, seed=3, photos=PHOTOS)
+    names = sorted(p.name for p in (work / "data" / "train").iterdir())
+    (work / "data" / "train_scores.csv").write_text("imagename,niqe,score\r\n" + "".join(
+        f"{n},{5 + i},{i / 3}\r\n" for i, n in enumerate(names)))
+    (work / "data" / "train_scores.json").write_text(json.dumps({"norm": "minmax"}))
+    for _ in range(2):  # a rerun reuses the links
+        paths = beyond_gt_data.oversampled(work, names[2:], 3, "data/train_scores.csv")
+    assert paths == beyond_gt_data.oversampled_paths(3, "data/train_scores.csv")
+    scores = load_scores(work / paths["score_csv"])
+    for key, origin in (("gt", "train"), ("source", "train_pristine")):
+        files = sorted(p.name for p in (work / paths[key]).iterdir())
+        assert len(files) == 4 + 2 * 2 and set(files) == set(scores)
+        for name in files:
+            original = re.sub(r"^o[23]_", "", name)
+            assert (work / paths[key] / name).resolve() == (work / "data" / origin / original).resolve()
+            assert scores[name] == scores[original]
+    assert sorted(scores.values()).count(1.0) == 3 and sorted(scores.values()).count(0.0) == 1
+
+    iters = beyond_gt.BUDGETS["tiny"]["iters"]
+    once = beyond_gt.trainings("sw", iters, "pristine", choice=beyond_gt.PluginChoice("pixel", 7))
+    twice = beyond_gt.trainings("sw", iters, "pristine", choice=beyond_gt.PluginChoice("pixel", 7, top_copies=2))
+    more = beyond_gt_data.oversampled_paths(2, "data/train_scores.csv")
+    for key, (config, opt) in twice.items():
+        if config.endswith(("_predictor", "_quality")):
+            assert opt["name"].startswith("bgt_sw_pixel_k7_o2_"), key
+            assert (opt["datasets:train:dataroot_gt"], opt["datasets:train:dataroot_source"],
+                    opt["datasets:train:score_csv"]) == (more["gt"], more["source"], more["score_csv"]), key
+        elif key in ("host", "oracle", "further", "filtered"):
+            assert opt == once[key][1], key
+        else:  # stage 1: the codebooks learn from the training GT as it is
+            assert "datasets:train:score_csv" not in opt and "datasets:train:dataroot_gt" not in opt, key
+
+
 def test_an_interrupted_rank_scoring_is_normalised_again(tmp_path):
     """A rank CSV left as the min-max copy (a run stopped while re-normalising) is not taken for ranks."""
     work = tmp_path / "work"
@@ -163,7 +233,8 @@ def test_an_interrupted_rank_scoring_is_normalised_again(tmp_path):
 @pytest.mark.parametrize("flag, value, message", [("--inject-kernel", "2", "an odd positive integer, got 2"),
                                                    ("--inject-depth", "0", "a positive integer, got 0"),
                                                    ("--patch", "0", "a positive integer, got 0"),
-                                                   ("--quality-iters", "0", "a positive integer, got 0")])
+                                                   ("--quality-iters", "0", "a positive integer, got 0"),
+                                                   ("--top-copies", "0", "a positive integer, got 0")])
 def test_bad_plugin_choice_is_refused_before_any_work(tmp_path, flag, value, message):
     with pytest.raises(SystemExit, match=f"{flag} must be {message}"):
         beyond_gt.main(["--data", str(tmp_path / "none"), "--out", str(tmp_path), flag, value])
@@ -214,14 +285,21 @@ def test_tiny_run_on_bundled_crops(hq, tmp_path):
     experiments = out / "work_tiny" / "experiments"
     controls = {p: p.stat().st_mtime_ns for k in ("host", "oracle", "further", "filtered")
                 for p in [experiments / f"bgt_sw_{k}" / "models" / "net_g_latest.pth"]}
-    proc = subprocess.run(cmd + ["--hosts", "swinir", "--no-ablations", "--codes", "pixel", "--norm", "rank"], cwd=REPO,
-                          capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(cmd + ["--hosts", "swinir", "--no-ablations", "--codes", "pixel", "--norm", "rank",
+                                 "--top-copies", "2"], cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads((out / "beyond_gt.json").read_text())
     assert data["meta"]["codes"] == "pixel" and data["meta"]["norm"] == "rank" and set(data["families"]) == {"swinir"}
-    assert f"{beyond_gt.TEACHER} @{beyond_gt.TARGET}" in data["families"]["swinir"]["results"]
+    assert data["meta"]["top_copies"] == 2
+    results = data["families"]["swinir"]["results"]
+    assert {"IQP, HQ branch off", "IQP, no quality stage"} <= set(results)  # no training needed: still evaluated
+    assert not any(name.startswith(beyond_gt.TEACHER) for name in results)  # an ablation: --no-ablations skips it
+    assert "teacher-forced" not in data["families"]["swinir"]["targets"]
     assert {p: p.stat().st_mtime_ns for p in controls} == controls  # reused, not trained again
-    assert (experiments / "bgt_sw_pixel_rank_quality" / "models" / "net_g_latest.pth").is_file()
+    assert {p.name for p in experiments.iterdir() if p.name.startswith("bgt_sw_pixel_rank")} == {
+        f"bgt_sw_pixel_rank_o2_{stage}" for stage in beyond_gt.STAGES}
+    oversampled = load_scores(out / "work_tiny" / "data" / "train_scores_rank_o2.csv")
+    assert len(oversampled) == 12 + len(list((out / "work_tiny" / "data" / "train_top").iterdir()))  # top ones twice
     minmax, ranks = (load_scores(out / "work_tiny" / "data" / f) for f in ("train_scores.csv", "train_scores_rank.csv"))
     assert sorted(minmax, key=minmax.get) == sorted(ranks, key=ranks.get)  # the same order, so the same top sets
     assert min(ranks.values()) == 0.0 and max(ranks.values()) == 1.0
