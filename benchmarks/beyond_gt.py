@@ -32,7 +32,8 @@ The paper's claim as a controlled experiment with a pristine reference that trai
              neighbours' codes), ``--inject-depth D`` with D such layers, GELU between, ``--patch P`` with a
              Transformer token per P x P bottleneck pixels, ``--norm rank`` conditioned on
              the targets' ranks by score (``iqp score --norm rank``) instead of min-max scores,
-             ``--top-copies C`` with each top-scored target (the filtering baseline's set) C times in stages 2-3,
+             ``--top-copies C`` with each top-scored target (the filtering baseline's set) C times in stages 2-3
+             (the datasets' ``top_copies``, ``top_percent``),
              every target keeping its score, and ``--quality-iters N`` with N stage-3 iterations, under their own
              training names, against the same host and controls.
 6. evaluate  on the held-out images, degraded once with the host's training degradations (seed 0): PSNR and
@@ -305,11 +306,12 @@ def train_all(work: Path, jobs: dict[tuple[str, str], tuple[str, dict]], device:
 
 
 def trainings(prefix: str, iters: dict, lq_from: str = "target", ablations: bool = True,
-              choice: PluginChoice = PluginChoice()) -> dict[str, tuple[str, dict]]:
+              choice: PluginChoice = PluginChoice(), top_percent: float = 40) -> dict[str, tuple[str, dict]]:
     """Every training of one host family, in order: system key -> (config, --force_yml overrides).
 
     ``lq_from``: a key of :data:`LQ_FROM` (the oracle's targets are pristine, so its inputs are the same either
-    way); ``ablations`` False keeps the :data:`CORE` trainings only; ``choice``: the plug-in's codes and kernel."""
+    way); ``ablations`` False keeps the :data:`CORE` trainings only; ``choice``: the plug-in's options;
+    ``top_percent``: the filtering baseline's share of top-scored targets, the ones ``choice.top_copies`` repeats."""
     host = read_options(str(CONFIGS / f"{prefix}_host.yml"))
     h = iters["host"]
     extra = sum(iters[s] for s in STAGES)
@@ -358,9 +360,7 @@ def trainings(prefix: str, iters: dict, lq_from: str = "target", ablations: bool
     jobs = {key: (config, {**opt, **({"datasets:train:dataroot_source": source} if source and key != "oracle" else {})})
             for key, (config, opt) in jobs.items() if ablations or key in CORE}
     if choice.top_copies > 1:  # stages 2-3 of every plug-in see each top-scored target top_copies times
-        more = beyond_gt_data.oversampled_paths(choice.top_copies, choice.score_csv)
-        over = {"datasets:train:dataroot_gt": more["gt"], "datasets:train:score_csv": more["score_csv"],
-                **({"datasets:train:dataroot_source": more["source"]} if source else {})}
+        over = {"datasets:train:top_copies": choice.top_copies, "datasets:train:top_percent": top_percent}
         jobs = {key: (config, {**opt, **over} if config.endswith(("_predictor", "_quality")) else opt)
                 for key, (config, opt) in jobs.items()}
     return jobs
@@ -707,10 +707,9 @@ def main(argv: list[str] | None = None) -> dict:
     prior = step("score", lambda: score_training_gt(work, manifest, args.norm))
     _, threshold = beyond_gt_data.top_scored(work, prior["scores"], budget["top_percent"])
     top = [n for n, s in prior["scores"].items() if s >= threshold]
-    if choice.top_copies > 1:
-        beyond_gt_data.oversampled(work, top, choice.top_copies, choice.score_csv)
     jobs = {(family, key): job for family in families
-            for key, job in trainings(HOSTS[family], budget["iters"], args.lq_from, args.ablations, choice).items()}
+            for key, job in trainings(HOSTS[family], budget["iters"], args.lq_from, args.ablations, choice,
+                                      budget["top_percent"]).items()}
     times.update(train_all(work, jobs, device, args.jobs))
     fam_out = {}
     for family in families:

@@ -8,16 +8,13 @@ From any folder of HQ images (central square resized to ``size``), in WORK/data:
                        this folder only;
 * ``train_pristine/``  the same training images, all pristine: the oracle's GT, read by nothing else;
 * ``manifest.json``    which training image is contaminated and how, and the three file lists;
-* ``train_top/``       links to the top-scored training GT (the filtering baseline's), and ``train_o<K>/``,
-                       ``train_pristine_o<K>/`` the training GT with each top-scored target K times
-                       (``--top-copies K``), made once the scores are known.
+* ``train_top/``       links to the top-scored training GT (the filtering baseline's), made once the scores
+                       are known.
 
 All images are written as PNG, so the file format does not tell the two kinds apart.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 
@@ -85,36 +82,3 @@ def top_scored(work: Path, scores: dict[str, float], percent: float) -> tuple[Pa
         if s >= threshold and not link.exists():
             link.symlink_to((work / "data" / "train" / name).resolve())
     return folder, threshold
-
-
-def oversampled_paths(copies: int, score_csv: str) -> dict[str, str]:
-    """Where :func:`oversampled` writes, relative to WORK (``--force_yml`` values): ``{"gt", "source", "score_csv"}``."""
-    return {"gt": f"data/train_o{copies}", "source": f"data/train_pristine_o{copies}",
-            "score_csv": f"{Path(score_csv).with_suffix('').as_posix()}_o{copies}.csv"}
-
-
-def oversampled(work: Path, top: list[str], copies: int, score_csv: str) -> dict[str, str]:
-    """The training GT with each of the ``top`` targets ``copies`` times (the extra ones as links named
-    ``o<i>_<name>``, i = 2..copies), for the plug-in's stages 2-3: WORK/data/train_o<copies>, its pristine
-    counterpart train_pristine_o<copies> (the inputs' sources under ``--lq-from pristine``), and the scores CSV
-    ``score_csv`` (relative to WORK) with each copy scored as its original. Returns :func:`oversampled_paths`."""
-    data = work / "data"
-    csv_in = work / score_csv
-    paths = oversampled_paths(copies, score_csv)
-    extra = {f"o{i}_{name}": name for name in top for i in range(2, copies + 1)}
-    for key, origin in (("gt", "train"), ("source", "train_pristine")):
-        folder = work / paths[key]
-        folder.mkdir(parents=True, exist_ok=True)
-        for link, name in {**{n: n for n in list_images(data / origin)}, **extra}.items():
-            if not (folder / link).exists():
-                (folder / link).symlink_to((data / origin / name).resolve())
-    with open(csv_in, newline="") as f:
-        header, *rows = list(csv.reader(f))
-    column = header.index("imagename")
-    by_name = {row[column]: row for row in rows}
-    copies_rows = [[link if i == column else value for i, value in enumerate(by_name[name])] for link, name in extra.items()]
-    out = io.StringIO()
-    csv.writer(out).writerows([header, *rows, *copies_rows])
-    write_atomic(work / paths["score_csv"], out.getvalue())
-    write_atomic((work / paths["score_csv"]).with_suffix(".json"), csv_in.with_suffix(".json").read_text())
-    return paths

@@ -5,6 +5,9 @@
 ``IQPPairedDataset`` reads LQ/GT folders.
 Both add ``score`` (a float32 scalar tensor) when ``score_csv`` is given, taken from the CSV written by
 the scoring step: columns ``imagename`` (path relative to ``dataroot_gt``, posix separators) and ``score``.
+With scores, ``top_copies: C`` and ``top_percent: P`` make each target scoring in the top P% appear C times
+per epoch, every copy with its own score (:meth:`_ScoredFolder.sample_images`): the good targets weigh more
+while the condition still sees the whole range of scores.
 A GT image the scorer could not score (listed in the failures of the CSV's sidecar: a flat or tiny image
 the metric fails on, an unreadable file) is left out, with its pair, and named in a warning: it never
 stops training (:func:`scores_for`). Any other image without a score is an error.
@@ -140,25 +143,43 @@ class _ScoredFolder(data.Dataset):
         self.gt_names = names if scores is None else list(scores)
         self.left_out = sorted(set(names) - set(self.gt_names))  # GT images the scorer could not score
         self.scores = None if scores is None else list(scores.values())
+        self.samples = self.sample_images(opt.get("top_copies", 1), opt.get("top_percent"))
         self.scale = int(opt.get("scale", 1))
         self.gt_size = opt.get("gt_size")
         self.use_hflip = opt.get("use_hflip", self.train)
         low, high = opt.get("image_range", [0, 1])
         self.range = float(low), float(high)
 
+    def sample_images(self, copies, percent) -> list[int]:
+        """The image index of each sample: every image once, then each image scoring in the top ``percent``%
+        (at or above the scores' ``1 - percent / 100`` quantile, the filtering baseline's threshold)
+        ``copies - 1`` times more."""
+        everything = list(range(len(self.gt_names)))
+        if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
+            raise ValueError(f"top_copies must be a positive integer (1: every target once), got {copies!r}.")
+        if copies == 1:
+            return everything
+        if self.scores is None:
+            raise ValueError(f"top_copies {copies} repeats the top-scored targets: it needs score_csv.")
+        if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not 0 < percent <= 100:
+            raise ValueError(f"top_copies {copies} needs top_percent, the share of top-scored targets to repeat, "
+                             f"in (0, 100], e.g. 40; got {percent!r}.")
+        threshold = np.quantile(np.asarray(self.scores), 1 - percent / 100)
+        return everything + [i for i, s in enumerate(self.scores) if s >= threshold for _ in range(copies - 1)]
+
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch that seeded samples depend on."""
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.gt_names)
+        return len(self.samples)
 
-    def _pack(self, index: int, lq: np.ndarray, gt: np.ndarray, lq_path: Path) -> dict:
+    def _pack(self, image: int, lq: np.ndarray, gt: np.ndarray, lq_path: Path) -> dict:
         low, high = self.range
         lq, gt = (t * (high - low) + low for t in img2tensor([lq, gt], bgr2rgb=True, float32=True))
-        out = {"lq": lq, "gt": gt, "lq_path": str(lq_path), "gt_path": str(self.gt_root / self.gt_names[index])}
+        out = {"lq": lq, "gt": gt, "lq_path": str(lq_path), "gt_path": str(self.gt_root / self.gt_names[image])}
         if self.scores is not None:
-            out["score"] = torch.tensor(self.scores[index], dtype=torch.float32)
+            out["score"] = torch.tensor(self.scores[image], dtype=torch.float32)
         return out
 
 
@@ -166,7 +187,8 @@ class _ScoredFolder(data.Dataset):
 class IQPDegradedDataset(_ScoredFolder):
     """HQ image folder with online CodeFormer-style degradations (blur, downsample, noise, JPEG).
 
-    Options (defaults in brackets): dataroot_gt; score_csv [None]; gt_size [512];
+    Options (defaults in brackets): dataroot_gt; score_csv [None]; top_copies [1], top_percent [None] (with
+    scores: each target in the top top_percent% top_copies times per epoch); gt_size [512];
     use_crop [False: resize the central square of each image to gt_size (aligned faces); True: crop a
     gt_size patch, random in training, central otherwise]; scale [1]; lq_downscale [scale > 1: LQ is
     gt_size // scale (SR hosts); False: LQ is resized back to gt_size (face hosts)];
@@ -224,8 +246,9 @@ class IQPDegradedDataset(_ScoredFolder):
         return np.clip(cv2.resize(lq, (out, out), interpolation=cv2.INTER_LINEAR), 0, 1)
 
     def __getitem__(self, index: int) -> dict:
-        path = self.gt_root / self.gt_names[index]
-        source = None if self.source_root is None else self.source_root / self.gt_names[index]
+        image = self.samples[index]
+        path = self.gt_root / self.gt_names[image]
+        source = None if self.source_root is None else self.source_root / self.gt_names[image]
         with seeded(self.seed, self.epoch, index):
             gt = read_image(path)
             if source is not None:  # one crop and flip for both: stack them along the channels
@@ -237,7 +260,7 @@ class IQPDegradedDataset(_ScoredFolder):
             gt = augment(np.ascontiguousarray(fit_square(gt, self.gt_size, self.fit_mode)), hflip=self.use_hflip, rotation=False)
             gt, src = (gt[..., :3], gt[..., 3:]) if source is not None else (gt, gt)
             lq = self.degrade(np.ascontiguousarray(src))
-        return self._pack(index, lq, np.ascontiguousarray(gt), source or path)
+        return self._pack(image, lq, np.ascontiguousarray(gt), source or path)
 
 
 def _pair_key(name: str) -> str:
@@ -251,6 +274,7 @@ class IQPPairedDataset(_ScoredFolder):
     """Paired LQ/GT folders, matched by file name stem (a trailing _HR/_LR/_GT/_LQ or x4-style tag is ignored).
 
     Options (defaults in brackets): dataroot_lq; dataroot_gt; score_csv [None] (keyed by GT name);
+    top_copies [1], top_percent [None] (as IQPDegradedDataset's);
     scale [1] (GT size = scale x LQ size); gt_size [None: whole images; in training a paired random
     gt_size crop, otherwise a central one]; use_hflip [True in training]; use_rot [False];
     image_range [[0, 1]]; phase ['train']; seed [None in training, 0 otherwise].
@@ -277,8 +301,9 @@ class IQPPairedDataset(_ScoredFolder):
         self.use_rot = opt.get("use_rot", False)
 
     def __getitem__(self, index: int) -> dict:
-        lq_path = self.lq_root / self.lq_names[index]
-        gt_path = self.gt_root / self.gt_names[index]
+        image = self.samples[index]
+        lq_path = self.lq_root / self.lq_names[image]
+        gt_path = self.gt_root / self.gt_names[image]
         lq, gt = read_image(lq_path), read_image(gt_path)
         gt = gt[:lq.shape[0] * self.scale, :lq.shape[1] * self.scale]
         if gt.shape[:2] != (lq.shape[0] * self.scale, lq.shape[1] * self.scale):
@@ -294,4 +319,4 @@ class IQPPairedDataset(_ScoredFolder):
                 top, left = (lq.shape[0] - s) // 2, (lq.shape[1] - s) // 2
                 lq = lq[top:top + s, left:left + s]
                 gt = gt[top * self.scale:(top + s) * self.scale, left * self.scale:(left + s) * self.scale]
-        return self._pack(index, np.ascontiguousarray(lq), np.ascontiguousarray(gt), lq_path)
+        return self._pack(image, np.ascontiguousarray(lq), np.ascontiguousarray(gt), lq_path)

@@ -3,7 +3,6 @@ training other than the oracle's), and one tiny end-to-end run on the bundled sa
 no assertion on quality numbers)."""
 import json
 import math
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 
 from benchmarks import beyond_gt, beyond_gt_data
 from iqp_plugin.contamination import CONTAMINATION, contaminate
+from iqp_plugin.datasets import IQPDegradedDataset
 from iqp_plugin.sample_data import write_crops
 from iqp_plugin.score_files import load_scores
 from tests.conftest import REPO
@@ -178,38 +178,20 @@ def test_patch_and_quality_iters_train_their_own_plugins():
                for key, (_, opt) in beyond_gt.trainings("sw", iters, choice=finer).items() if key not in controls)
 
 
-def test_top_copies_oversample_the_top_targets_in_stages_2_and_3(tmp_path):
-    """--top-copies: the plug-in's stages 2-3 read a GT folder (and, with --lq-from pristine, a source folder) in which
-    each top-scored target appears K times, each copy scored as its original; stage 1 and the controls do not."""
-    work = tmp_path / "work"
-    for folder in ("train", "train_pristine"):
-        write_crops(work / "data" / folder, 4, 32, seed=3, photos=PHOTOS)
-    names = sorted(p.name for p in (work / "data" / "train").iterdir())
-    (work / "data" / "train_scores.csv").write_text("imagename,niqe,score\r\n" + "".join(
-        f"{n},{5 + i},{i / 3}\r\n" for i, n in enumerate(names)))
-    (work / "data" / "train_scores.json").write_text(json.dumps({"norm": "minmax"}))
-    for _ in range(2):  # a rerun reuses the links
-        paths = beyond_gt_data.oversampled(work, names[2:], 3, "data/train_scores.csv")
-    assert paths == beyond_gt_data.oversampled_paths(3, "data/train_scores.csv")
-    scores = load_scores(work / paths["score_csv"])
-    for key, origin in (("gt", "train"), ("source", "train_pristine")):
-        files = sorted(p.name for p in (work / paths[key]).iterdir())
-        assert len(files) == 4 + 2 * 2 and set(files) == set(scores)
-        for name in files:
-            original = re.sub(r"^o[23]_", "", name)
-            assert (work / paths[key] / name).resolve() == (work / "data" / origin / original).resolve()
-            assert scores[name] == scores[original]
-    assert sorted(scores.values()).count(1.0) == 3 and sorted(scores.values()).count(0.0) == 1
-
+def test_top_copies_oversample_the_top_targets_in_stages_2_and_3():
+    """--top-copies: the plug-in's stages 2-3 set their dataset's top_copies and top_percent (the filtering baseline's
+    share), so that each top-scored target appears C times; stage 1 and the controls do not."""
     iters = beyond_gt.BUDGETS["tiny"]["iters"]
     once = beyond_gt.trainings("sw", iters, "pristine", choice=beyond_gt.PluginChoice("pixel", 7))
-    twice = beyond_gt.trainings("sw", iters, "pristine", choice=beyond_gt.PluginChoice("pixel", 7, top_copies=2))
-    more = beyond_gt_data.oversampled_paths(2, "data/train_scores.csv")
+    twice = beyond_gt.trainings("sw", iters, "pristine", choice=beyond_gt.PluginChoice("pixel", 7, top_copies=2),
+                                top_percent=30)
     for key, (config, opt) in twice.items():
         if config.endswith(("_predictor", "_quality")):
             assert opt["name"].startswith("bgt_sw_pixel_k7_o2_"), key
-            assert (opt["datasets:train:dataroot_gt"], opt["datasets:train:dataroot_source"],
-                    opt["datasets:train:score_csv"]) == (more["gt"], more["source"], more["score_csv"]), key
+            assert (opt["datasets:train:top_copies"], opt["datasets:train:top_percent"]) == (2, 30), key
+            own = ("name", "path:pretrain_network_g", "datasets:train:top_copies", "datasets:train:top_percent")
+            assert {k: v for k, v in opt.items() if k not in own} == {
+                k: v for k, v in once[key][1].items() if k not in own}, key  # nothing else changes
         elif key in ("host", "oracle", "further", "filtered"):
             assert opt == once[key][1], key
         else:  # stage 1: the codebooks learn from the training GT as it is
@@ -298,8 +280,11 @@ def test_tiny_run_on_bundled_crops(hq, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in controls} == controls  # reused, not trained again
     assert {p.name for p in experiments.iterdir() if p.name.startswith("bgt_sw_pixel_rank")} == {
         f"bgt_sw_pixel_rank_o2_{stage}" for stage in beyond_gt.STAGES}
-    oversampled = load_scores(out / "work_tiny" / "data" / "train_scores_rank_o2.csv")
-    assert len(oversampled) == 12 + len(list((out / "work_tiny" / "data" / "train_top").iterdir()))  # top ones twice
+    data_dir = out / "work_tiny" / "data"
+    seen = IQPDegradedDataset({"dataroot_gt": str(data_dir / "train"), "score_csv": str(data_dir / "train_scores_rank.csv"),
+                               "top_copies": 2, "top_percent": beyond_gt.BUDGETS["tiny"]["top_percent"], "gt_size": 32})
+    twice = sorted(seen.gt_names[i] for i in seen.samples[len(seen.gt_names):])
+    assert twice == sorted(p.name for p in (data_dir / "train_top").iterdir())  # stages 2-3 repeated filtering's top set
     minmax, ranks = (load_scores(out / "work_tiny" / "data" / f) for f in ("train_scores.csv", "train_scores_rank.csv"))
     assert sorted(minmax, key=minmax.get) == sorted(ranks, key=ranks.get)  # the same order, so the same top sets
     assert min(ranks.values()) == 0.0 and max(ranks.values()) == 1.0

@@ -133,6 +133,29 @@ def test_scores_are_returned_and_missing_ones_named(hq_folder, tmp_path):
         _degraded(hq_folder, score_csv=str(tmp_path / "nocol.csv"))
 
 
+def test_top_copies_repeat_the_top_scored_targets_each_with_its_score(hq_folder, tmp_path):
+    """top_copies C, top_percent P: every target once, then those at or above the scores' (1 - P/100) quantile
+    C - 1 times more, each copy with its original's score and a crop and degradation of its own."""
+    names = ["img0.png", "img1.png", "img2.png", "sub/small.jpg"]
+    csv_path = _write_scores(tmp_path / "scores.csv", {n: s for n, s in zip(names, (0.9, 0.1, 0.6, 0.3))})
+    ds = _degraded(hq_folder, score_csv=csv_path, top_copies=3, top_percent=50, phase="train", seed=0)
+    assert len(ds) == 4 + 2 * 2 and ds.samples == [0, 1, 2, 3, 0, 0, 2, 2]
+    samples = [ds[i] for i in range(len(ds))]
+    assert [Path(x["gt_path"]).name for x in samples[4:]] == ["img0.png", "img0.png", "img2.png", "img2.png"]
+    assert [round(float(x["score"]), 6) for x in samples] == [0.9, 0.1, 0.6, 0.3, 0.9, 0.9, 0.6, 0.6]
+    assert not torch.equal(samples[0]["lq"], samples[4]["lq"])  # a copy is another sample, not a repeat of it
+    assert len(_degraded(hq_folder, score_csv=csv_path, top_copies=1, top_percent=50)) == 4
+    assert len(_degraded(hq_folder, score_csv=csv_path, top_copies=2, top_percent=100)) == 8
+    for bad, match in (({"top_copies": 2, "top_percent": 40}, "needs score_csv"),
+                       ({"score_csv": csv_path, "top_copies": 0}, "top_copies must be a positive integer"),
+                       ({"score_csv": csv_path, "top_copies": 2.5}, "top_copies must be a positive integer"),
+                       ({"score_csv": csv_path, "top_copies": 2}, "needs top_percent"),
+                       ({"score_csv": csv_path, "top_copies": 2, "top_percent": 0}, "needs top_percent"),
+                       ({"score_csv": csv_path, "top_copies": 2, "top_percent": 140}, r"in \(0, 100\]")):
+        with pytest.raises(ValueError, match=match):
+            _degraded(hq_folder, **bad)
+
+
 def test_grayscale_16bit_rgba_and_small_images_load(tmp_path):
     root = tmp_path / "odd"
     root.mkdir()
