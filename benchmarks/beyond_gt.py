@@ -48,7 +48,8 @@ held-out images: the configs were fixed before the held-out numbers were looked 
 
     python benchmarks/beyond_gt.py --budget small --data DIR                         # CPU, 2 cores
     python benchmarks/beyond_gt.py --budget small --data DIR --lq-from pristine --contaminate 0.35 \
-        --hosts swinir --no-ablations [--codes pixel --inject-kernel 7 --patch 2 --quality-iters 200 --top-copies 2]
+        --hosts swinir --no-ablations [--codes pixel --inject-kernel 7 --patch 2 --quality-iters 200 --top-copies 4 \
+        --norm rank]
                                                                                      # the decoupled setup
     python benchmarks/beyond_gt.py --budget full --device cuda --data DIR --out OUT  # GPU
 """

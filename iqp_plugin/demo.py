@@ -10,8 +10,9 @@
               copies (OUT/data/hq_pristine) and the held-out images are never trained on as targets. With
               ``--lq-from pristine`` (the default) each training input is degraded from its target's pristine
               copy, so that a soft target does not come with a softer input: only the score tells them apart
-2. score      ``iqp score`` with the offline NIQE prior -> OUT/data/hq_scores.csv (and heldout_hq_scores.csv);
-              images the prior cannot score (flat crops) are set aside in OUT/data/unscored
+2. score      ``iqp score --norm rank`` with the offline NIQE prior -> OUT/data/hq_scores.csv (and
+              heldout_hq_scores.csv): each image's rank among the scored ones, so that the score steers over its
+              whole range; images the prior cannot score (flat crops) are set aside in OUT/data/unscored
 3. host       ``iqp train -opt configs/demo/host_swinir.yml``: a small SwinIR x1 (noise and JPEG removal)
               trained from scratch by BasicSR's SRModel on the mixed GT (skipped with ``--host-checkpoint``)
 4-6. codebook, predictor, quality: the three plug-in stages (configs/demo/{codebook,predictor,quality}.yml)
@@ -185,7 +186,7 @@ def score(out: Path) -> str:
     for folder in ("hq", "heldout_hq"):
         csv = f"data/{folder}_scores.csv"
         if not (out / csv).exists():
-            run_iqp(["score", "-i", f"data/{folder}", "-o", csv, "--metrics", "niqe"], out)
+            run_iqp(["score", "-i", f"data/{folder}", "-o", csv, "--metrics", "niqe", "--norm", "rank"], out)
             status = "ran"
         for failed in json.loads(sidecar_path(out / csv).read_text())["failed"]:
             path, aside = (out / "data" / sub / folder / failed["imagename"] for sub in ("", "unscored"))

@@ -1,4 +1,5 @@
 """``make demo`` with the --fast budget: the whole flow writes its report, and a rerun reuses everything."""
+import json
 import subprocess
 import sys
 
@@ -8,6 +9,7 @@ import pytest
 import yaml
 
 from iqp_plugin.demo import HELDOUT_PHOTOS, STAGES, parse_args
+from iqp_plugin.score_files import sidecar_path
 from tests.conftest import REPO
 
 
@@ -38,6 +40,9 @@ def test_fast_demo_writes_report_and_rerun_reuses_everything(tmp_path):
     for name in ("host_swinir", *STAGES):  # --lq-from pristine by default: every training input from the pristine copy
         train = yaml.safe_load((out / "configs" / f"{name}.yml").read_text())["datasets"]["train"]
         assert (train["dataroot_gt"], train["dataroot_source"]) == ("data/hq", "data/hq_pristine"), name
+        if name in ("predictor", "quality"):  # each top-scored target 4 times, as the benchmark's adopted command
+            assert (train["top_copies"], train["top_percent"]) == (4, 40), name
+    assert json.loads(sidecar_path(out / "data" / "hq_scores.csv").read_text())["norm"] == "rank"
     photo = lambda folder: {p.name.rsplit("_", 1)[0] for p in (out / "data" / folder).glob("*.png")}  # noqa: E731
     assert photo("heldout_hq") == set(HELDOUT_PHOTOS) and not photo("hq") & set(HELDOUT_PHOTOS)  # unseen scenes
     stamps = {p: p.stat().st_mtime_ns for p in [*checkpoints, report / "index.html", out / "data" / "hq_scores.csv"]}
