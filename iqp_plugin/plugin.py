@@ -25,9 +25,7 @@ per-pixel features (``Q`` below is the identity) and the correction needs no ``U
                codebook). With ``codes: pixel``, ``h`` is per pixel:
                ``h_px = LN(u + MLP(LN(u)))``, ``u = S(W_s h) + W_e LN(e)``, ``S`` the pixel shuffle of each
                token's ``p * p * dim`` outputs to its p x p pixels: the token's context plus the pixel's own
-               feature. With ``pixel_condition: true`` the score modulates that MLP's input as in adaLN-zero,
-               ``MLP(LN(u) * (1 + a) + b)``, ``(a, b) = Linear(SiLU(c))`` zero-initialised, so that each
-               pixel's code choice sees the score directly and not only through its token. ``similarity``: ``l_k = -||W h - C_k||^2 / (tau * v)``, the distance of a
+               feature. ``similarity``: ``l_k = -||W h - C_k||^2 / (tau * v)``, the distance of a
                predicted code feature to every code, ``v`` the codebook's mean squared spread and ``tau``
                learned: no parameter per code, so the codebook size costs nothing.
 4. Codes:      ``q = C_c[argmax l_c] + w * C_h[argmax l_h]`` (``w`` = ``hq_weight``); when training,
@@ -96,11 +94,10 @@ SHARED_OPTIONS = {
     "codes": "token",        # one code per token, or per bottleneck pixel ('pixel', needs patch)
     "inject_kernel": 1,      # W_o's kernel: 1 (per code) or an odd k > 1 (each correction sees its k x k codes)
     "inject_depth": 1,       # W_o's convolutions: 1 (linear) or d > 1 (d - 1 hidden C-channel layers, GELU between)
-    "pixel_condition": False,  # codes: pixel: the score also modulates the pixel head (adaLN-zero)
 }
 CHOICES = {"cond": ("adaln", "adaln_single", "binned"), "index_head": ("dense", "similarity"),
            "upsample": ("bilinear", "pixelshuffle"), "codes": ("token", "pixel"),
-           "share_host_codebook": (True, False, "auto"), "pixel_condition": (True, False)}
+           "share_host_codebook": (True, False, "auto")}
 
 
 def plugin_options(channels: int, has_host_codebook: bool, overrides: dict) -> dict:
@@ -130,8 +127,6 @@ def plugin_options(channels: int, has_host_codebook: bool, overrides: dict) -> d
         raise ValueError("plugin upsample: pixelshuffle needs patch: P (each token's P x P pixels are predicted).")
     if cfg["codes"] == "pixel" and not cfg["patch"]:
         raise ValueError("plugin codes: pixel needs patch: P (each token's P x P pixels get their own codes).")
-    if cfg["pixel_condition"] and cfg["codes"] != "pixel":
-        raise ValueError("plugin pixel_condition: true modulates the pixel head; it needs codes: pixel.")
     if cfg["codes"] == "pixel" and cfg["upsample"] != "bilinear":
         raise ValueError("plugin codes: pixel corrects every pixel by its own code; remove upsample: "
                          f"{cfg['upsample']} (it resamples token codes only).")
@@ -161,13 +156,11 @@ class Condition:
     """What the score(s) contribute, computed once per forward (and reused at inference, see
     :meth:`IQPPlugin.condition_for`): ``binned``: ``tokens`` (B, 1, dim) added to every token;
     ``adaln`` and ``adaln_single``: per block ``(shift1, 1 + scale1, gate1, shift2, 1 + scale2, gate2)`` and,
-    for the output norm, ``(shift, 1 + scale)``, each (B, 1, dim); with ``pixel_condition``, ``pixel``: the
-    pixel head's ``(shift, 1 + scale)``, each (B, 1, dim)."""
+    for the output norm, ``(shift, 1 + scale)``, each (B, 1, dim)."""
 
     tokens: torch.Tensor | None
     blocks: list[tuple[torch.Tensor, ...] | None]
     out: tuple[torch.Tensor, torch.Tensor] | None
-    pixel: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def split_modulation(m: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -267,31 +260,25 @@ class BinnedScoreEmbedding(nn.Module):
 
 class PixelHead(nn.Module):
     """Per-pixel features for ``codes: pixel``: each final token's ``p * p * dim`` outputs shuffled to its p x p
-    pixels, plus the pixel's own bottleneck feature, mixed by a residual MLP (module doc, step 3); ``modulated``:
-    the MLP's input norm takes the score's ``(shift, 1 + scale)`` instead of affine weights."""
+    pixels, plus the pixel's own bottleneck feature, mixed by a residual MLP (module doc, step 3)."""
 
-    def __init__(self, dim: int, channels: int, patch: int, mlp_ratio: float, modulated: bool = False):
+    def __init__(self, dim: int, channels: int, patch: int, mlp_ratio: float):
         super().__init__()
         self.patch = patch
         self.expand = nn.Linear(dim, dim * patch * patch)
         self.feat_norm = nn.LayerNorm(channels)
         self.feat_proj = nn.Linear(channels, dim)
-        self.mlp_norm = nn.LayerNorm(dim, elementwise_affine=not modulated)
+        self.mlp_norm = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, h: torch.Tensor, feat: torch.Tensor, grid: tuple[int, int],
-                mod: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """(B, gh * gw, dim) tokens and (B, C, H, W) features -> (B, H * W, dim); ``mod``: the score's
-        ``(shift, 1 + scale)`` (B, 1, dim) when modulated."""
+    def forward(self, h: torch.Tensor, feat: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """(B, gh * gw, dim) tokens and (B, C, H, W) features -> (B, H * W, dim)."""
         height, width = feat.shape[-2:]
         u = rearrange(self.expand(h), "b (gh gw) (p q d) -> b (gh p) (gw q) d", gh=grid[0], p=self.patch, q=self.patch)
         u = u[:, :height, :width] + self.feat_proj(self.feat_norm(feat.permute(0, 2, 3, 1)))
         u = u.flatten(1, 2)
-        x = self.mlp_norm(u)
-        if mod is not None:
-            x = torch.addcmul(mod[0], x, mod[1])
-        return self.norm(u + self.mlp(x))
+        return self.norm(u + self.mlp(self.mlp_norm(u)))
 
 
 class IQPPlugin(nn.Module):
@@ -318,9 +305,7 @@ class IQPPlugin(nn.Module):
         self.out_table = nn.Parameter(torch.zeros(2, dim)) if cond == "adaln_single" else None
         self.codebook = DualCodebook(channels, cfg["common_size"], cfg["hq_size"], cfg["hq_weight"],
                                      host_codebook if cfg["share_host_codebook"] else None)
-        self.pixel_head = (PixelHead(dim, channels, cfg["patch"], cfg["mlp_ratio"], cfg["pixel_condition"])
-                           if cfg["codes"] == "pixel" else None)
-        self.pixel_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim)) if cfg["pixel_condition"] else None
+        self.pixel_head = PixelHead(dim, channels, cfg["patch"], cfg["mlp_ratio"]) if cfg["codes"] == "pixel" else None
         if cfg["index_head"] == "dense":
             self.head_common = DenseHead(dim, self.codebook.common.size)
             self.head_hq = DenseHead(dim, cfg["hq_size"])
@@ -347,7 +332,7 @@ class IQPPlugin(nn.Module):
                 trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        mods = [b.modulation for b in self.blocks] + [self.out_modulation, self.shared_modulation, self.pixel_modulation]
+        mods = [b.modulation for b in self.blocks] + [self.out_modulation, self.shared_modulation]
         for mod in (m for m in mods if m is not None):  # adaLN-zero: the blocks start as the identity
             nn.init.zeros_(mod[-1].weight)
             nn.init.zeros_(mod[-1].bias)
@@ -411,24 +396,19 @@ class IQPPlugin(nn.Module):
     def condition(self, s: torch.Tensor) -> Condition:
         """The score embedding and everything computed from it alone, for (B, M) scores ``s``."""
         c = self.score_embed(s)
-        pixel = None
-        if self.pixel_modulation is not None:
-            shift, scale = self.pixel_modulation(c).unsqueeze(1).chunk(2, dim=-1)
-            pixel = shift, 1 + scale
         if self.cfg["cond"] == "binned":  # additive condition on every token
-            return Condition(c.unsqueeze(1), [None] * len(self.blocks), None, pixel)
+            return Condition(c.unsqueeze(1), [None] * len(self.blocks), None)
         if self.cfg["cond"] == "adaln":
             shift, scale = self.out_modulation(c).unsqueeze(1).chunk(2, dim=-1)
-            return Condition(None, [block.modulation_for(c) for block in self.blocks], (shift, 1 + scale), pixel)
+            return Condition(None, [block.modulation_for(c) for block in self.blocks], (shift, 1 + scale))
         shared = self.shared_modulation(c).unflatten(-1, (6, -1))  # adaln_single (PixArt-alpha)
         shift, scale = (self.out_table + c.unsqueeze(1)).chunk(2, dim=1)
-        return Condition(None, [block.modulation_for(c, shared) for block in self.blocks], (shift, 1 + scale), pixel)
+        return Condition(None, [block.modulation_for(c, shared) for block in self.blocks], (shift, 1 + scale))
 
     def conditioning_parameters(self) -> list[nn.Parameter]:
         """Every parameter that :meth:`condition` reads."""
         tables = [self.out_table] + [block.table for block in self.blocks]
-        layers = ([self.score_embed, self.out_modulation, self.shared_modulation, self.pixel_modulation]
-                  + [b.modulation for b in self.blocks])
+        layers = [self.score_embed, self.out_modulation, self.shared_modulation] + [b.modulation for b in self.blocks]
         return [t for t in tables if t is not None] + [p for m in layers if m is not None for p in m.parameters()]
 
     def condition_for(self, score, batch: int, device: torch.device) -> Condition:
@@ -470,7 +450,7 @@ class IQPPlugin(nn.Module):
         if cond.out is not None:
             x = torch.addcmul(cond.out[0], x, cond.out[1])
         if self.pixel_head is not None:
-            x, grid = self.pixel_head(x, feat, grid, cond.pixel), tuple(feat.shape[-2:])
+            x, grid = self.pixel_head(x, feat, grid), tuple(feat.shape[-2:])
         return (self.head_common(x, self.codebook.common.weight), self.head_hq(x, self.codebook.hq.weight), grid)
 
     def forward(self, feat: torch.Tensor, z: torch.Tensor, score=None, detach_injection: bool = False) -> PluginOutput:

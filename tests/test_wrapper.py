@@ -235,36 +235,6 @@ def test_pixel_codes_start_at_the_host_and_give_every_pixel_its_own_code():
         IQPPlugin(8, **{**TINY_PLUGIN, "codes": "pixel", "upsample": "pixelshuffle"})
 
 
-@pytest.mark.parametrize("cond", ["adaln_single", "adaln", "binned"])
-def test_pixel_condition_lets_the_score_reach_each_pixels_code_choice(cond):
-    """pixel_condition: the score modulates the pixel head (adaLN-zero): a fresh modulation changes nothing;
-    a trained one makes the same tokens give other pixel features at another score. With per-block adaLN, whose
-    fresh tokens do not depend on the score, that is the only way the score reaches the logits."""
-    x = torch.rand(1, 3, 16, 16)
-    net = build("swinir", TINY_PLUGIN, codes="pixel", pixel_condition=True, cond=cond).eval()
-    plugin = net.plugin
-    with torch.no_grad():
-        b = net.adapter.encode(x)
-        grid = plugin.grid_size(*b.feat.shape[-2:])
-        tokens = torch.randn(1, grid[0] * grid[1], plugin.cfg["dim"])
-
-        def pixels(score):
-            return plugin.pixel_head(tokens, b.feat, grid, plugin.condition(plugin.scores(score, 1, x.device)).pixel)
-
-        def logits(score):
-            return torch.cat(plugin.predict(b.feat, score)[:2], dim=-1)
-
-        assert torch.equal(pixels(0.1), pixels(0.9))  # zero-initialised: no effect yet
-        fresh_logits = logits(0.1), logits(0.9)
-        torch.nn.init.normal_(plugin.pixel_modulation[-1].weight, std=0.5)
-        assert (pixels(0.1) - pixels(0.9)).abs().max() > 1e-4
-        if cond == "adaln":
-            assert torch.equal(*fresh_logits) and not torch.equal(logits(0.1), logits(0.9))
-    assert any(p is plugin.pixel_modulation[-1].weight for p in plugin.conditioning_parameters())
-    with pytest.raises(ValueError, match="pixel_condition: true .* needs codes: pixel"):
-        IQPPlugin(8, **{**TINY_PLUGIN, "pixel_condition": True})
-
-
 @pytest.mark.parametrize("kernel, depth", [(1, 1), (3, 1), (3, 2), (1, 3)])
 def test_inject_kernel_and_depth_set_how_far_one_code_reaches(kernel, depth):
     """inject_kernel k, inject_depth d: a fresh plug-in is still the host; once W_o is non-zero, changing one
