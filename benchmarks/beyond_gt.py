@@ -48,8 +48,8 @@ held-out images: the configs were fixed before the held-out numbers were looked 
 
     python benchmarks/beyond_gt.py --budget small --data DIR                         # CPU, 2 cores
     python benchmarks/beyond_gt.py --budget small --data DIR --lq-from pristine --contaminate 0.35 \
-        --hosts swinir --no-ablations [--codes pixel --inject-kernel 7 --patch 2 --quality-iters 200 --top-copies 4 \
-        --norm rank]
+        --hosts swinir --no-ablations [--codes pixel --inject-kernel 7 --patch 2 --quality-iters 200 \
+        --top-copies 16 --norm rank]
                                                                                      # the decoupled setup
     python benchmarks/beyond_gt.py --budget full --device cuda --data DIR --out OUT  # GPU
 """
@@ -172,7 +172,7 @@ def log(msg: str) -> None:
 def arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--budget", choices=BUDGETS, default="small",
-                   help="tiny: seconds (tests, plumbing only); small: CPU (one host, --no-ablations: about 36 min on 2 "
+                   help="tiny: seconds (tests, plumbing only); small: CPU (one host, --no-ablations: about 35 min on 2 "
                         "cores; both hosts with the ablations: 1.5 h or more); full: a GPU")
     p.add_argument("--data", required=True, help="folder of HQ images (faces: aligned crops)")
     p.add_argument("--contaminate", type=float, default=0.5, help="fraction of the training GT contaminated")
@@ -578,8 +578,8 @@ def save_grid(path: Path, images: dict, count: int = 6) -> None:
 
 
 def save_sweep(path: Path, results: dict[str, dict]) -> None:
-    """PSNR against pristine and sharpness ratio vs the conditioning score, per host family, with the host
-    and the oracle as dashed lines."""
+    """PSNR against pristine and sharpness ratio vs the conditioning score, per host family, with the host,
+    the filtering baseline and the oracle as horizontal lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -595,9 +595,10 @@ def save_sweep(path: Path, results: dict[str, dict]) -> None:
                 means = [res[f"{system} @{s}"][metric]["mean"] for s in SCORES]
                 errs = [res[f"{system} @{s}"][metric]["sem"] for s in SCORES]
                 ax.errorbar(SCORES, means, yerr=errs, fmt=style, color=colour, label=f"{family}: {system}")
-            ax.axhline(res["host"][metric]["mean"], color=colour, ls="--", lw=1, label=f"{family}: host")
-            ax.axhline(res["oracle (pristine GT)"][metric]["mean"], color=colour, ls=":", lw=1.5,
-                       label=f"{family}: oracle")
+            for control, label, style in (("host", "host", dict(ls="--", lw=1)),
+                                          ("host on top-scored GT", "filtering", dict(ls=(0, (6, 2, 1, 2)), lw=1)),
+                                          ("oracle (pristine GT)", "oracle", dict(ls=":", lw=1.5))):
+                ax.axhline(res[control][metric]["mean"], color=colour, label=f"{family}: {label}", **style)
         ax.set_xlabel("conditioning score")
         ax.set_ylabel({"psnr": "PSNR vs pristine (dB)", "sharpness": "sharpness ratio (1 = pristine)"}[metric])
         ax.grid(alpha=0.3)

@@ -40,8 +40,8 @@ def test_fast_demo_writes_report_and_rerun_reuses_everything(tmp_path):
     for name in ("host_swinir", *STAGES):  # --lq-from pristine by default: every training input from the pristine copy
         train = yaml.safe_load((out / "configs" / f"{name}.yml").read_text())["datasets"]["train"]
         assert (train["dataroot_gt"], train["dataroot_source"]) == ("data/hq", "data/hq_pristine"), name
-        if name in ("predictor", "quality"):  # each top-scored target 4 times, as the benchmark's adopted command
-            assert (train["top_copies"], train["top_percent"]) == (4, 40), name
+        if name in ("predictor", "quality"):  # each top-scored target 16 times, as the benchmark's adopted command
+            assert (train["top_copies"], train["top_percent"]) == (16, 40), name
     assert json.loads(sidecar_path(out / "data" / "hq_scores.csv").read_text())["norm"] == "rank"
     photo = lambda folder: {p.name.rsplit("_", 1)[0] for p in (out / "data" / folder).glob("*.png")}  # noqa: E731
     assert photo("heldout_hq") == set(HELDOUT_PHOTOS) and not photo("hq") & set(HELDOUT_PHOTOS)  # unseen scenes
