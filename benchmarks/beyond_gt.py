@@ -48,8 +48,8 @@ held-out images: the configs were fixed before the held-out numbers were looked 
 
     python benchmarks/beyond_gt.py --budget small --data DIR                         # CPU, 2 cores
     python benchmarks/beyond_gt.py --budget small --data DIR --lq-from pristine --contaminate 0.35 \
-        --hosts swinir --no-ablations [--codes pixel --inject-kernel 7 --patch 2 --quality-iters 200 \
-        --top-copies 16 --norm rank]
+        --hosts swinir --no-ablations [--codes pixel --inject-kernel 7 --patch 2 --predictor-iters 800 \
+        --quality-iters 200 --top-copies 16 --norm rank]
                                                                                      # the decoupled setup
     python benchmarks/beyond_gt.py --budget full --device cuda --data DIR --out OUT  # GPU
 """
@@ -96,8 +96,10 @@ TEACHER = "IQP teacher-forced"
 HOSTS = {"restoreformer": "rf", "swinir": "sw"}
 #: --lq-from: the folder each training input is degraded from (None: the training target itself)
 LQ_FROM = {"target": None, "pristine": "data/train_pristine"}
+#: the trainings of the host alone: the host, the oracle, the host trained further, the filtering host
+CONTROLS = ("host", "oracle", "further", "filtered")
 #: the trainings of :func:`trainings` that ``--no-ablations`` keeps
-CORE = ("host", "oracle", "further", "filtered", "codebook", "predictor", "quality")
+CORE = (*CONTROLS, "codebook", "predictor", "quality")
 #: families whose plug-in uses the pixel-shuffle correction: they also train the bilinear ablation (token codes)
 PIXEL_SHUFFLE = ("sw",)
 #: --codes: the plug-in options set over the configs', and the tag in the plug-in trainings' names (the host and
@@ -114,10 +116,11 @@ NORMS = {"minmax": ("data/train_scores.csv", ""), "rank": ("data/train_scores_ra
 @dataclass(frozen=True)
 class PluginChoice:
     """The plug-in's ``--codes`` (a key of :data:`CODES`), ``--inject-kernel``, ``--inject-depth``, ``--patch``, the
-    scores' ``--norm``, ``--quality-iters`` and ``--top-copies``: the options they set over the configs', and the tag
-    they add to the plug-in trainings' names (``_k<K>`` for a kernel other than 1, ``_d<D>`` for a depth other than 1,
-    ``_p<P>`` for a patch other than the config's, ``_rank`` for rank-normalised scores, ``_o<C>`` for each top-scored
-    target C times in stages 2-3, ``_q<N>`` for N stage-3 iterations instead of the budget's)."""
+    scores' ``--norm``, ``--quality-iters``, ``--top-copies`` and ``--predictor-iters``: the options they set over the
+    configs', and the tag they add to the plug-in trainings' names (``_k<K>`` for a kernel other than 1, ``_d<D>`` for
+    a depth other than 1, ``_p<P>`` for a patch other than the config's, ``_rank`` for rank-normalised scores,
+    ``_o<C>`` for each top-scored target C times in stages 2-3, ``_s<N>`` for N stage-2 iterations and ``_q<N>`` for
+    N stage-3 iterations instead of the budget's)."""
     codes: str = "token"
     inject_kernel: int = 1
     inject_depth: int = 1
@@ -125,6 +128,7 @@ class PluginChoice:
     norm: str = "minmax"
     quality_iters: int | None = None
     top_copies: int = 1
+    predictor_iters: int | None = None
 
     @property
     def options(self) -> dict:
@@ -139,12 +143,26 @@ class PluginChoice:
                 + (f"_d{self.inject_depth}" if self.inject_depth != 1 else "")
                 + (f"_p{self.patch}" if self.patch else "") + NORMS[self.norm][1]
                 + (f"_o{self.top_copies}" if self.top_copies > 1 else "")
+                + (f"_s{self.predictor_iters}" if self.predictor_iters else "")
                 + (f"_q{self.quality_iters}" if self.quality_iters else ""))
 
     @property
     def score_csv(self) -> str:
         """The scores the plug-in trainings condition on, relative to the work folder."""
         return NORMS[self.norm][0]
+
+    def stage_iters(self, iters: dict) -> dict:
+        """Iterations of each plug-in stage under a budget's ``iters`` (``predictor_iters`` and ``quality_iters``
+        replace stage 2's and stage 3's)."""
+        return ({s: iters[s] for s in STAGES} | ({"predictor": self.predictor_iters} if self.predictor_iters else {})
+                | ({"quality": self.quality_iters} if self.quality_iters else {}))
+
+    def control_names(self, prefix: str, iters: dict) -> dict[str, str]:
+        """The control trainings' names: the host trained further and the filtering host train for as many
+        iterations as the plug-in's three stages, and take ``_i<N>`` when N differs from the budget's count."""
+        extra = sum(self.stage_iters(iters).values())
+        suffix = f"_i{extra}" if extra != sum(iters[s] for s in STAGES) else ""
+        return {k: f"bgt_{prefix}_{k}{suffix if k in ('further', 'filtered') else ''}" for k in CONTROLS}
 
 
 STAGES = ("codebook", "predictor", "quality")
@@ -172,7 +190,7 @@ def log(msg: str) -> None:
 def arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--budget", choices=BUDGETS, default="small",
-                   help="tiny: seconds (tests, plumbing only); small: CPU (one host, --no-ablations: about 35 min on 2 "
+                   help="tiny: seconds (tests, plumbing only); small: CPU (one host, --no-ablations: 35 to 45 min on 2 "
                         "cores; both hosts with the ablations: 1.5 h or more); full: a GPU")
     p.add_argument("--data", required=True, help="folder of HQ images (faces: aligned crops)")
     p.add_argument("--contaminate", type=float, default=0.5, help="fraction of the training GT contaminated")
@@ -196,7 +214,11 @@ def arg_parser() -> argparse.ArgumentParser:
                         "the training GT (iqp score --norm rank); rank trains its own plug-ins, as --codes does")
     p.add_argument("--quality-iters", type=int,
                    help="stage-3 iterations of the plug-in trainings (default: the budget's); another count trains its "
-                        "own plug-ins, as --codes does (the host trained further keeps the budget's count)")
+                        "own plug-ins, as --codes does, and its own host trained further and filtering host (each "
+                        "trains for as many iterations as the plug-in's three stages)")
+    p.add_argument("--predictor-iters", type=int,
+                   help="stage-2 iterations of the plug-in trainings (default: the budget's); another count trains its "
+                        "own plug-ins and controls, as --quality-iters does")
     p.add_argument("--top-copies", type=int, default=1,
                    help="each top-scored training target (the filtering baseline's top set) this many times in the plug-in's "
                         "stages 2-3, every target keeping its score; another count trains its own plug-ins, as --codes does")
@@ -315,7 +337,9 @@ def trainings(prefix: str, iters: dict, lq_from: str = "target", ablations: bool
     ``top_percent``: the filtering baseline's share of top-scored targets, the ones ``choice.top_copies`` repeats."""
     host = read_options(str(CONFIGS / f"{prefix}_host.yml"))
     h = iters["host"]
-    extra = sum(iters[s] for s in STAGES)
+    plugin_iters = choice.stage_iters(iters)
+    extra = sum(plugin_iters.values())
+    names = choice.control_names(prefix, iters)
     lr = host["train"]["optim_g"]["lr"] * host["train"]["scheduler"]["gamma"] ** 2
     base = f"bgt_{prefix}"
     plugin_opt, tag = choice.options, choice.tag
@@ -327,19 +351,18 @@ def trainings(prefix: str, iters: dict, lq_from: str = "target", ablations: bool
     def after(stage: str) -> dict:  # start from a plug-in training of the same choice
         return {"path:pretrain_network_g": f"experiments/{pbase}_{stage}/models/net_g_latest.pth"}
 
-    host_ckpt = f"experiments/{base}_host/models/net_g_latest.pth"
+    host_ckpt = f"experiments/{names['host']}/models/net_g_latest.pth"
     host_iters = {"train:total_iter": h, "train:scheduler:milestones": [max(1, h // 2), max(2, 3 * h // 4)]}
     more = {"path:pretrain_network_g": host_ckpt, "train:total_iter": extra, "train:optim_g:lr": lr,
             "train:scheduler:milestones": [extra + 1]}
-    plugin_iters = {**iters, **({"quality": choice.quality_iters} if choice.quality_iters else {})}
     stage_opt = {s: {"network_g:host_checkpoint": host_ckpt, **forced, "train:total_iter": plugin_iters[s]} for s in STAGES}
-    stage_opt["predictor"]["train:scheduler:milestones"] = [max(1, 3 * iters["predictor"] // 4)]
+    stage_opt["predictor"]["train:scheduler:milestones"] = [max(1, 3 * plugin_iters["predictor"] // 4)]
     jobs = {
-        "host": (f"{prefix}_host", {"name": f"{base}_host", **host_iters}),
-        "oracle": (f"{prefix}_host", {"name": f"{base}_oracle", "datasets:train:dataroot_gt": "data/train_pristine",
+        "host": (f"{prefix}_host", {"name": names["host"], **host_iters}),
+        "oracle": (f"{prefix}_host", {"name": names["oracle"], "datasets:train:dataroot_gt": "data/train_pristine",
                                       **host_iters}),
-        "further": (f"{prefix}_host", {"name": f"{base}_further", **more}),
-        "filtered": (f"{prefix}_host", {"name": f"{base}_filtered", "datasets:train:dataroot_gt": "data/train_top",
+        "further": (f"{prefix}_host", {"name": names["further"], **more}),
+        "filtered": (f"{prefix}_host", {"name": names["filtered"], "datasets:train:dataroot_gt": "data/train_top",
                                         **more}),
         "codebook": (f"{prefix}_codebook", {"name": f"{pbase}_codebook", **stage_opt["codebook"]}),
         "predictor": (f"{prefix}_predictor", {"name": f"{pbase}_predictor",
@@ -433,16 +456,15 @@ def wrapper_net(prefix: str, host_ckpt: Path, plugin: bool, choice: PluginChoice
             "plugin": {**net["plugin"], **choice.options} if plugin else None}
 
 
-def evaluate(work: Path, prefix: str, device: torch.device, ablations: bool = True,
+def evaluate(work: Path, prefix: str, device: torch.device, iters: dict, ablations: bool = True,
              choice: PluginChoice = PluginChoice()) -> tuple[dict, dict]:
-    """Per-image metrics of every system of one host family (``ablations`` False: without the ablations; the
-    plug-ins of ``choice``), and its restored images (for figures)."""
+    """Per-image metrics of every system of one host family (``iters``: the budget's; ``ablations`` False:
+    without the ablations; the plug-ins of ``choice``), and its restored images (for figures)."""
     lq, gt = heldout_pairs(work, prefix)
     pbase = f"bgt_{prefix}{choice.tag}"
-    ckpt = {**{k: checkpoint(work, f"bgt_{prefix}_{k}") for k in ("host", "oracle", "further", "filtered")},
+    ckpt = {**{k: checkpoint(work, name) for k, name in choice.control_names(prefix, iters).items()},
             **{k: checkpoint(work, f"{pbase}_{k}") for k in ("predictor", "quality")}}
-    host = {k: load_wrapper(wrapper_net(prefix, ckpt[k], False), device=device)
-            for k in ("host", "oracle", "further", "filtered")}
+    host = {k: load_wrapper(wrapper_net(prefix, ckpt[k], False), device=device) for k in CONTROLS}
     net = wrapper_net(prefix, ckpt["host"], True, choice)
     iqp = load_wrapper(net, str(ckpt["quality"]), device)
     image_range = iqp.adapter.image_range
@@ -644,8 +666,9 @@ def report(meta: dict, prior: dict, families: dict) -> str:
              + (f"; each top-scored target {meta['top_copies']} times in stages 2-3" if meta.get("top_copies", 1) > 1 else "")
              + "; "
              f"held out: {meta['n_heldout']} pristine images, degraded once (seed 0) with each host's training "
-             f"degradations. Hosts {it['host']} iterations; plug-in stages {it['codebook']} + {it['predictor']} + "
-             f"{meta['quality_iters']}; controls +{sum(it[s] for s in STAGES)} iterations. Mean ± standard error over "
+             f"degradations. Hosts {it['host']} iterations; plug-in stages {it['codebook']} + {meta['predictor_iters']} + "
+             f"{meta['quality_iters']}; the host trained further and the filtering host +{meta['control_iters']} "
+             "iterations (as many). Mean ± standard error over "
              "the held-out images.", "",
              "Prior AUC (pristine vs contaminated training GT): "
              + ", ".join(f"{k} {v:.3f}" for k, v in prior["auc"].items()) + ".", ""]
@@ -685,11 +708,12 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"--inject-kernel must be an odd positive integer, got {args.inject_kernel}")
     if args.inject_depth < 1:
         raise SystemExit(f"--inject-depth must be a positive integer, got {args.inject_depth}")
-    for flag, value in (("--patch", args.patch), ("--quality-iters", args.quality_iters), ("--top-copies", args.top_copies)):
+    for flag, value in (("--patch", args.patch), ("--quality-iters", args.quality_iters), ("--top-copies", args.top_copies),
+                        ("--predictor-iters", args.predictor_iters)):
         if value is not None and value < 1:
             raise SystemExit(f"{flag} must be a positive integer, got {value}")
     choice = PluginChoice(args.codes, args.inject_kernel, args.inject_depth, args.patch, args.norm, args.quality_iters,
-                          args.top_copies)
+                          args.top_copies, args.predictor_iters)
     start = time.perf_counter()
     device = resolve_device(args.device)
     budget = BUDGETS[args.budget]
@@ -716,7 +740,8 @@ def main(argv: list[str] | None = None) -> dict:
     fam_out = {}
     for family in families:
         prefix = HOSTS[family]
-        per_image, images = step(f"{family} evaluate", lambda p=prefix: evaluate(work, p, device, args.ablations, choice))
+        per_image, images = step(f"{family} evaluate",
+                                 lambda p=prefix: evaluate(work, p, device, budget["iters"], args.ablations, choice))
         results = {name: {m: summary(v) for m, v in values.items()} for name, values in per_image.items()}
         grid = f"grid_{family}.png"
         out.mkdir(parents=True, exist_ok=True)
@@ -729,6 +754,8 @@ def main(argv: list[str] | None = None) -> dict:
             "contamination": manifest["contamination"], "contaminate": args.contaminate, "lq_from": args.lq_from,
             "codes": args.codes, "inject_kernel": args.inject_kernel, "inject_depth": args.inject_depth,
             "patch": args.patch, "norm": args.norm, "quality_iters": args.quality_iters or budget["iters"]["quality"],
+            "predictor_iters": args.predictor_iters or budget["iters"]["predictor"],
+            "control_iters": sum(choice.stage_iters(budget["iters"]).values()),
             "top_copies": args.top_copies,
             "ablations": args.ablations, "scores": list(SCORES),
             "top_percent": budget["top_percent"], "top_threshold": threshold,

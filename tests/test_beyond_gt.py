@@ -160,18 +160,30 @@ def test_rank_scores_train_their_own_plugins_on_their_own_csv():
             assert start is None or start.startswith("experiments/bgt_sw_pixel_k7_rank_"), (key, start)
 
 
-def test_patch_and_quality_iters_train_their_own_plugins():
-    """--quality-iters sets stage 3 of every plug-in (the ablations' too) and --patch every stage, each under names of
-    their own; the host and the controls stay the same."""
+def test_patch_and_stage_iters_train_their_own_plugins():
+    """--quality-iters sets stage 3 of every plug-in (the ablations' too), --predictor-iters stage 2 (and its
+    learning-rate step) and --patch every stage, each under names of their own; the host and the oracle stay the same, and the host trained further and the filtering host train for
+    as many iterations as the plug-in's three stages, under names of their own."""
     iters = beyond_gt.BUDGETS["small"]["iters"]
     controls = {"host", "oracle", "further", "filtered"}
     base = beyond_gt.trainings("sw", iters, choice=beyond_gt.PluginChoice("pixel", 7))
     longer = beyond_gt.trainings("sw", iters, choice=beyond_gt.PluginChoice("pixel", 7, quality_iters=200))
-    assert {k for k in longer if longer[k] == base[k]} == controls
+    assert {k for k in longer if longer[k] == base[k]} == {"host", "oracle"}
+    plugin_total = iters["codebook"] + iters["predictor"] + 200
+    for key in ("further", "filtered"):
+        assert base[key][1]["name"] == f"bgt_sw_{key}" and longer[key][1]["name"] == f"bgt_sw_{key}_i{plugin_total}"
+        assert base[key][1]["train:total_iter"] == sum(iters[s] for s in beyond_gt.STAGES)
+        assert longer[key][1]["train:total_iter"] == plugin_total
     assert all(opt["name"].startswith("bgt_sw_pixel_k7_q200_") for key, (_, opt) in longer.items() if key not in controls)
     for key in ("quality", "continuous", "injection", "teacher", "lean"):
         assert longer[key][1]["train:total_iter"] == 200 and base[key][1]["train:total_iter"] == iters["quality"], key
     assert longer["predictor"][1]["train:total_iter"] == iters["predictor"]
+    stage2 = beyond_gt.trainings("sw", iters, choice=beyond_gt.PluginChoice("pixel", 7, quality_iters=200,
+                                                                          predictor_iters=800))
+    assert stage2["predictor"][1]["name"] == "bgt_sw_pixel_k7_s800_q200_predictor"
+    assert stage2["predictor"][1]["train:total_iter"] == 800
+    assert stage2["predictor"][1]["train:scheduler:milestones"] == [600]
+    assert stage2["filtered"][1]["train:total_iter"] == iters["codebook"] + 800 + 200
     finer = beyond_gt.PluginChoice("pixel", 7, patch=2, norm="rank", quality_iters=200)
     assert finer.tag == "_pixel_k7_p2_rank_q200" and finer.options["patch"] == 2
     assert all(opt["network_g:plugin:patch"] == 2
