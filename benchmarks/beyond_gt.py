@@ -48,8 +48,8 @@ held-out images: the configs were fixed before the held-out numbers were looked 
 
     python benchmarks/beyond_gt.py --budget small --data DIR                         # CPU, 2 cores
     python benchmarks/beyond_gt.py --budget small --data DIR --lq-from pristine --contaminate 0.35 \
-        --hosts swinir --no-ablations [--codes pixel --inject-kernel 7 --patch 2 --predictor-iters 800 \
-        --quality-iters 200 --top-copies 16 --norm rank]
+        --hosts swinir --no-ablations [--codes pixel --inject-kernel 7 --patch 2 --predictor-iters 1200 \
+        --quality-iters 100 --top-copies 16 --norm rank]
                                                                                      # the decoupled setup
     python benchmarks/beyond_gt.py --budget full --device cuda --data DIR --out OUT  # GPU
 """
