@@ -34,7 +34,8 @@ The paper's claim as a controlled experiment with a pristine reference that trai
              the targets' ranks by score (``iqp score --norm rank``) instead of min-max scores,
              ``--top-copies C`` with each top-scored target (the filtering baseline's set) C times in stages 2-3
              (the datasets' ``top_copies``, ``top_percent``),
-             every target keeping its score, and ``--quality-iters N`` with N stage-3 iterations, under their own
+             every target keeping its score, ``--predictor-lr X`` with stage 2 at learning rate X, and
+             ``--quality-iters N`` with N stage-3 iterations, under their own
              training names, against the same host and controls.
 6. evaluate  on the held-out images, degraded once with the host's training degradations (seed 0): PSNR and
              SSIM against the pristine image, NIQE, PIQE and the sharpness ratio (high-frequency energy of the
@@ -49,7 +50,7 @@ held-out images: the configs were fixed before the held-out numbers were looked 
     python benchmarks/beyond_gt.py --budget small --data DIR                         # CPU, 2 cores
     python benchmarks/beyond_gt.py --budget small --data DIR --lq-from pristine --contaminate 0.35 \
         --hosts swinir --no-ablations [--codes pixel --inject-kernel 7 --patch 2 --predictor-iters 1200 \
-        --quality-iters 100 --top-copies 16 --norm rank]
+        --quality-iters 100 --top-copies 16 --norm rank --predictor-lr 4e-3]
                                                                                      # the decoupled setup
     python benchmarks/beyond_gt.py --budget full --device cuda --data DIR --out OUT  # GPU
 """
@@ -116,11 +117,12 @@ NORMS = {"minmax": ("data/train_scores.csv", ""), "rank": ("data/train_scores_ra
 @dataclass(frozen=True)
 class PluginChoice:
     """The plug-in's ``--codes`` (a key of :data:`CODES`), ``--inject-kernel``, ``--inject-depth``, ``--patch``, the
-    scores' ``--norm``, ``--quality-iters``, ``--top-copies`` and ``--predictor-iters``: the options they set over the
-    configs', and the tag they add to the plug-in trainings' names (``_k<K>`` for a kernel other than 1, ``_d<D>`` for
-    a depth other than 1, ``_p<P>`` for a patch other than the config's, ``_rank`` for rank-normalised scores,
-    ``_o<C>`` for each top-scored target C times in stages 2-3, ``_s<N>`` for N stage-2 iterations and ``_q<N>`` for
-    N stage-3 iterations instead of the budget's)."""
+    scores' ``--norm``, ``--quality-iters``, ``--top-copies``, ``--predictor-iters`` and ``--predictor-lr``: the options
+    they set over the configs', and the tag they add to the plug-in trainings' names (``_k<K>`` for a kernel other than
+    1, ``_d<D>`` for a depth other than 1, ``_p<P>`` for a patch other than the config's, ``_rank`` for rank-normalised
+    scores, ``_o<C>`` for each top-scored target C times in stages 2-3, ``_s<N>`` for N stage-2 iterations instead of
+    the budget's, ``_lr<X>`` for stage 2's learning rate X instead of the config's and ``_q<N>`` for N stage-3
+    iterations instead of the budget's)."""
     codes: str = "token"
     inject_kernel: int = 1
     inject_depth: int = 1
@@ -129,6 +131,7 @@ class PluginChoice:
     quality_iters: int | None = None
     top_copies: int = 1
     predictor_iters: int | None = None
+    predictor_lr: float | None = None
 
     @property
     def options(self) -> dict:
@@ -144,6 +147,7 @@ class PluginChoice:
                 + (f"_p{self.patch}" if self.patch else "") + NORMS[self.norm][1]
                 + (f"_o{self.top_copies}" if self.top_copies > 1 else "")
                 + (f"_s{self.predictor_iters}" if self.predictor_iters else "")
+                + (f"_lr{self.predictor_lr:g}" if self.predictor_lr else "")
                 + (f"_q{self.quality_iters}" if self.quality_iters else ""))
 
     @property
@@ -219,6 +223,9 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictor-iters", type=int,
                    help="stage-2 iterations of the plug-in trainings (default: the budget's); another count trains its "
                         "own plug-ins and controls, as --quality-iters does")
+    p.add_argument("--predictor-lr", type=float,
+                   help="stage 2's learning rate (default: the config's, 1e-3); another rate trains its own plug-ins, "
+                        "as --codes does (the controls stay the same)")
     p.add_argument("--top-copies", type=int, default=1,
                    help="each top-scored training target (the filtering baseline's top set) this many times in the plug-in's "
                         "stages 2-3, every target keeping its score; another count trains its own plug-ins, as --codes does")
@@ -357,6 +364,8 @@ def trainings(prefix: str, iters: dict, lq_from: str = "target", ablations: bool
             "train:scheduler:milestones": [extra + 1]}
     stage_opt = {s: {"network_g:host_checkpoint": host_ckpt, **forced, "train:total_iter": plugin_iters[s]} for s in STAGES}
     stage_opt["predictor"]["train:scheduler:milestones"] = [max(1, 3 * plugin_iters["predictor"] // 4)]
+    if choice.predictor_lr:
+        stage_opt["predictor"]["train:optim_g:lr"] = choice.predictor_lr
     jobs = {
         "host": (f"{prefix}_host", {"name": names["host"], **host_iters}),
         "oracle": (f"{prefix}_host", {"name": names["oracle"], "datasets:train:dataroot_gt": "data/train_pristine",
@@ -524,10 +533,11 @@ def _hq_off(net, lq: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 # ---------------------------------------------------------------- verdicts and targets
 def spearman(x: list[float], y: list[float]) -> float:
-    """Spearman's rank correlation (average ranks for ties)."""
+    """Spearman's rank correlation (average ranks for ties), rounded to 12 decimals: over five scores it takes a
+    few exact values (one adjacent pair out of order gives 0.9), which the float sum would miss by 1e-16."""
     from scipy.stats import spearmanr
 
-    return float(spearmanr(x, y).statistic)
+    return round(float(spearmanr(x, y).statistic), 12)
 
 
 def targets(per_image: dict, results: dict) -> dict:
@@ -664,6 +674,7 @@ def report(meta: dict, prior: dict, families: dict) -> str:
              + ("" if meta["patch"] is None else f", {meta['patch']}x{meta['patch']} pixels per token")
              + ("; conditioned on rank-normalised scores" if meta["norm"] == "rank" else "")
              + (f"; each top-scored target {meta['top_copies']} times in stages 2-3" if meta.get("top_copies", 1) > 1 else "")
+             + (f"; stage 2 at learning rate {meta['predictor_lr']:g}" if meta.get("predictor_lr") else "")
              + "; "
              f"held out: {meta['n_heldout']} pristine images, degraded once (seed 0) with each host's training "
              f"degradations. Hosts {it['host']} iterations; plug-in stages {it['codebook']} + {meta['predictor_iters']} + "
@@ -712,8 +723,10 @@ def main(argv: list[str] | None = None) -> dict:
                         ("--predictor-iters", args.predictor_iters)):
         if value is not None and value < 1:
             raise SystemExit(f"{flag} must be a positive integer, got {value}")
+    if args.predictor_lr is not None and not 0 < args.predictor_lr < 1:
+        raise SystemExit(f"--predictor-lr must be strictly between 0 and 1, got {args.predictor_lr}")
     choice = PluginChoice(args.codes, args.inject_kernel, args.inject_depth, args.patch, args.norm, args.quality_iters,
-                          args.top_copies, args.predictor_iters)
+                          args.top_copies, args.predictor_iters, args.predictor_lr)
     start = time.perf_counter()
     device = resolve_device(args.device)
     budget = BUDGETS[args.budget]
@@ -754,7 +767,7 @@ def main(argv: list[str] | None = None) -> dict:
             "contamination": manifest["contamination"], "contaminate": args.contaminate, "lq_from": args.lq_from,
             "codes": args.codes, "inject_kernel": args.inject_kernel, "inject_depth": args.inject_depth,
             "patch": args.patch, "norm": args.norm, "quality_iters": args.quality_iters or budget["iters"]["quality"],
-            "predictor_iters": args.predictor_iters or budget["iters"]["predictor"],
+            "predictor_iters": args.predictor_iters or budget["iters"]["predictor"], "predictor_lr": args.predictor_lr,
             "control_iters": sum(choice.stage_iters(budget["iters"]).values()),
             "top_copies": args.top_copies,
             "ablations": args.ablations, "scores": list(SCORES),

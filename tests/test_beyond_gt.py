@@ -160,10 +160,19 @@ def test_rank_scores_train_their_own_plugins_on_their_own_csv():
             assert start is None or start.startswith("experiments/bgt_sw_pixel_k7_rank_"), (key, start)
 
 
+def test_one_pair_out_of_order_steers_at_exactly_the_threshold():
+    """Spearman's rho over the five scores with one adjacent pair swapped is 0.9 exactly, so target 1 (rho >= 0.9)
+    is met; two pairs swapped (0.8) miss it."""
+    scores = list(beyond_gt.SCORES)
+    assert beyond_gt.spearman(scores, [31.7, 31.9, 33.28, 33.33, 33.32]) == 0.9
+    assert beyond_gt.spearman(scores, [31.9, 31.7, 33.28, 33.33, 33.32]) == 0.8
+
+
 def test_patch_and_stage_iters_train_their_own_plugins():
     """--quality-iters sets stage 3 of every plug-in (the ablations' too), --predictor-iters stage 2 (and its
-    learning-rate step) and --patch every stage, each under names of their own; the host and the oracle stay the same, and the host trained further and the filtering host train for
-    as many iterations as the plug-in's three stages, under names of their own."""
+    learning-rate step), --predictor-lr stage 2's learning rate and --patch every stage, each under names of their
+    own; the host and the oracle stay the same, and the host trained further and the filtering host train for as many
+    iterations as the plug-in's three stages, under names of their own (a learning rate changes no control)."""
     iters = beyond_gt.BUDGETS["small"]["iters"]
     controls = {"host", "oracle", "further", "filtered"}
     base = beyond_gt.trainings("sw", iters, choice=beyond_gt.PluginChoice("pixel", 7))
@@ -184,6 +193,18 @@ def test_patch_and_stage_iters_train_their_own_plugins():
     assert stage2["predictor"][1]["train:total_iter"] == 800
     assert stage2["predictor"][1]["train:scheduler:milestones"] == [600]
     assert stage2["filtered"][1]["train:total_iter"] == iters["codebook"] + 800 + 200
+    slower = beyond_gt.trainings("sw", iters, choice=beyond_gt.PluginChoice("pixel", 7, predictor_iters=800))
+    faster = beyond_gt.trainings("sw", iters, choice=beyond_gt.PluginChoice("pixel", 7, predictor_iters=800,
+                                                                          predictor_lr=4e-3))
+    stage2_keys = {k for k, (config, _) in faster.items() if config == "sw_predictor"}
+    assert stage2_keys == {"predictor", "teacher_predictor", "lean_predictor"}
+    assert all(faster[k][1]["train:optim_g:lr"] == 4e-3 for k in stage2_keys)
+    assert not any("train:optim_g:lr" in opt for k, (_, opt) in faster.items() if k not in stage2_keys | controls)
+    assert faster["quality"][1]["path:pretrain_network_g"] == "experiments/bgt_sw_pixel_k7_s800_lr0.004_predictor/models/net_g_latest.pth"
+    assert {k: faster[k] for k in controls} == {k: slower[k] for k in controls}  # the rate changes no control
+    assert faster["predictor"][1] == {**slower["predictor"][1], "name": "bgt_sw_pixel_k7_s800_lr0.004_predictor",
+                                      "train:optim_g:lr": 4e-3, "path:pretrain_network_g":
+                                          "experiments/bgt_sw_pixel_k7_s800_lr0.004_codebook/models/net_g_latest.pth"}
     finer = beyond_gt.PluginChoice("pixel", 7, patch=2, norm="rank", quality_iters=200)
     assert finer.tag == "_pixel_k7_p2_rank_q200" and finer.options["patch"] == 2
     assert all(opt["network_g:plugin:patch"] == 2
@@ -228,7 +249,8 @@ def test_an_interrupted_rank_scoring_is_normalised_again(tmp_path):
                                                    ("--inject-depth", "0", "a positive integer, got 0"),
                                                    ("--patch", "0", "a positive integer, got 0"),
                                                    ("--quality-iters", "0", "a positive integer, got 0"),
-                                                   ("--top-copies", "0", "a positive integer, got 0")])
+                                                   ("--top-copies", "0", "a positive integer, got 0"),
+                                                   ("--predictor-lr", "0", "strictly between 0 and 1, got 0.0")])
 def test_bad_plugin_choice_is_refused_before_any_work(tmp_path, flag, value, message):
     with pytest.raises(SystemExit, match=f"{flag} must be {message}"):
         beyond_gt.main(["--data", str(tmp_path / "none"), "--out", str(tmp_path), flag, value])
