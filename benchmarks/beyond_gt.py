@@ -34,24 +34,29 @@ The paper's claim as a controlled experiment with a pristine reference that trai
              the targets' ranks by score (``iqp score --norm rank``) instead of min-max scores,
              ``--top-copies C`` with each top-scored target (the filtering baseline's set) C times in stages 2-3
              (the datasets' ``top_copies``, ``top_percent``),
-             every target keeping its score, ``--predictor-lr X`` with stage 2 at learning rate X, and
+             every target keeping its score, ``--predictor-lr X`` with stage 2 at learning rate X,
+             ``--predictor-pixel-weight W`` with stage 2's L1 image loss at weight W, and
              ``--quality-iters N`` with N stage-3 iterations, under their own
              training names, against the same host and controls.
 6. evaluate  on the held-out images, degraded once with the host's training degradations (seed 0): PSNR and
              SSIM against the pristine image, NIQE, PIQE and the sharpness ratio (high-frequency energy of the
              output over that of the pristine image); host + IQP at every score of ``SCORES``, with its HQ
              branch off, and without its quality stage. Verdicts from paired per-image differences.
+             ``--split development`` evaluates the same on the development split instead (the pristine copies of
+             the first 50 contaminated training images, degraded once with seed 1), where options are chosen.
 
 Every training runs the project's entry point (``python -m iqp_plugin.train -opt configs/beyond_gt/X.yml
 --force_yml ...``) in OUT/work_<budget>; the budget only changes image counts and iteration counts. A rerun
 reuses the data, the scores and every training whose ``net_g_latest.pth`` exists. Nothing is tuned on the
-held-out images: the configs were fixed before the held-out numbers were looked at.
+held-out images: options are compared with ``--split development`` (writing ``beyond_gt_development.*``), and the
+held-out run comes after the choice.
 
     python benchmarks/beyond_gt.py --budget small --data DIR                         # CPU, 2 cores
     python benchmarks/beyond_gt.py --budget small --data DIR --lq-from pristine --contaminate 0.35 \
         --hosts swinir --no-ablations [--codes pixel --inject-kernel 7 --patch 2 --predictor-iters 1200 \
         --quality-iters 100 --top-copies 16 --norm rank --predictor-lr 4e-3]
                                                                                      # the decoupled setup
+    python benchmarks/beyond_gt.py ... --split development                          # the same, to choose options
     python benchmarks/beyond_gt.py --budget full --device cuda --data DIR --out OUT  # GPU
 """
 from __future__ import annotations
@@ -95,6 +100,8 @@ PRIOR, HELDOUT_NR = "niqe", "piqe"
 TEACHER = "IQP teacher-forced"
 #: per host family: config prefix in configs/beyond_gt/
 HOSTS = {"restoreformer": "rf", "swinir": "sw"}
+#: --split: the images evaluated -> the seed of their one degradation (WORK/data/<split>, see beyond_gt_data)
+SPLIT_SEEDS = {"heldout": 0, "development": 1}
 #: --lq-from: the folder each training input is degraded from (None: the training target itself)
 LQ_FROM = {"target": None, "pristine": "data/train_pristine"}
 #: the trainings of the host alone: the host, the oracle, the host trained further, the filtering host
@@ -117,12 +124,13 @@ NORMS = {"minmax": ("data/train_scores.csv", ""), "rank": ("data/train_scores_ra
 @dataclass(frozen=True)
 class PluginChoice:
     """The plug-in's ``--codes`` (a key of :data:`CODES`), ``--inject-kernel``, ``--inject-depth``, ``--patch``, the
-    scores' ``--norm``, ``--quality-iters``, ``--top-copies``, ``--predictor-iters`` and ``--predictor-lr``: the options
+    scores' ``--norm``, ``--quality-iters``, ``--top-copies``, ``--predictor-iters``, ``--predictor-lr`` and
+    ``--predictor-pixel-weight``: the options
     they set over the configs', and the tag they add to the plug-in trainings' names (``_k<K>`` for a kernel other than
     1, ``_d<D>`` for a depth other than 1, ``_p<P>`` for a patch other than the config's, ``_rank`` for rank-normalised
     scores, ``_o<C>`` for each top-scored target C times in stages 2-3, ``_s<N>`` for N stage-2 iterations instead of
-    the budget's, ``_lr<X>`` for stage 2's learning rate X instead of the config's and ``_q<N>`` for N stage-3
-    iterations instead of the budget's)."""
+    the budget's, ``_lr<X>`` for stage 2's learning rate X instead of the config's, ``_q<N>`` for N stage-3
+    iterations instead of the budget's and ``_pw<W>`` for stage 2's L1 image loss at weight W instead of the config's)."""
     codes: str = "token"
     inject_kernel: int = 1
     inject_depth: int = 1
@@ -132,6 +140,7 @@ class PluginChoice:
     top_copies: int = 1
     predictor_iters: int | None = None
     predictor_lr: float | None = None
+    predictor_pixel_weight: float | None = None
 
     @property
     def options(self) -> dict:
@@ -148,7 +157,8 @@ class PluginChoice:
                 + (f"_o{self.top_copies}" if self.top_copies > 1 else "")
                 + (f"_s{self.predictor_iters}" if self.predictor_iters else "")
                 + (f"_lr{self.predictor_lr:g}" if self.predictor_lr else "")
-                + (f"_q{self.quality_iters}" if self.quality_iters else ""))
+                + (f"_q{self.quality_iters}" if self.quality_iters else "")
+                + (f"_pw{self.predictor_pixel_weight:g}" if self.predictor_pixel_weight else ""))
 
     @property
     def score_csv(self) -> str:
@@ -226,6 +236,9 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictor-lr", type=float,
                    help="stage 2's learning rate (default: the config's, 1e-3); another rate trains its own plug-ins, "
                         "as --codes does (the controls stay the same)")
+    p.add_argument("--predictor-pixel-weight", type=float,
+                   help="weight of stage 2's L1 image loss (default: the config's, 1); another weight trains its own "
+                        "plug-ins, as --codes does (the controls stay the same)")
     p.add_argument("--top-copies", type=int, default=1,
                    help="each top-scored training target (the filtering baseline's top set) this many times in the plug-in's "
                         "stages 2-3, every target keeping its score; another count trains its own plug-ins, as --codes does")
@@ -233,6 +246,10 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=True,
                    help="also train and evaluate the ablations, the teacher-forced plug-in among them (--no-ablations: "
                         "the host, the controls and the configs' plug-in only)")
+    p.add_argument("--split", choices=SPLIT_SEEDS, default="heldout",
+                   help="evaluate on the held-out images (default), or on the development split (the pristine copies "
+                        "of the first 50 contaminated training images) to choose between options without touching the "
+                        "held-out images; writes beyond_gt_development.* and its figures beside the held-out ones")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--jobs", type=int, default=2, help="trainings run at once (on a CPU, the cores are split)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "beyond_gt"),
@@ -366,6 +383,8 @@ def trainings(prefix: str, iters: dict, lq_from: str = "target", ablations: bool
     stage_opt["predictor"]["train:scheduler:milestones"] = [max(1, 3 * plugin_iters["predictor"] // 4)]
     if choice.predictor_lr:
         stage_opt["predictor"]["train:optim_g:lr"] = choice.predictor_lr
+    if choice.predictor_pixel_weight:
+        stage_opt["predictor"]["train:pixel_opt:loss_weight"] = choice.predictor_pixel_weight
     jobs = {
         "host": (f"{prefix}_host", {"name": names["host"], **host_iters}),
         "oracle": (f"{prefix}_host", {"name": names["oracle"], "datasets:train:dataroot_gt": "data/train_pristine",
@@ -416,12 +435,12 @@ def _variant_chain(prefix: str, pbase: str, stage_opt: dict, variant: str, plugi
 
 
 # ---------------------------------------------------------------- evaluation
-def heldout_pairs(work: Path, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(LQ, pristine GT) of the held-out images, whole 128 px images in the host's image range, degraded once
-    (seed 0) with the host's training degradations."""
+def split_pairs(work: Path, prefix: str, split: str = "heldout") -> tuple[torch.Tensor, torch.Tensor]:
+    """(LQ, pristine GT) of a split's images (a key of :data:`SPLIT_SEEDS`), whole 128 px images in the host's image
+    range, degraded once (the split's seed) with the host's training degradations."""
     opt = dict(read_options(str(CONFIGS / f"{prefix}_host.yml"))["datasets"]["train"])
-    opt.update(phase="val", seed=0, dataroot_gt=str(work / "data" / "heldout"), score_csv=None, use_crop=False,
-               gt_size=SIZE)
+    opt.update(phase="val", seed=SPLIT_SEEDS[split], dataroot_gt=str(work / "data" / split), score_csv=None,
+               use_crop=False, gt_size=SIZE)
     ds = IQPDegradedDataset(opt)
     samples = [ds[i] for i in range(len(ds))]
     return torch.stack([s["lq"] for s in samples]), torch.stack([s["gt"] for s in samples])
@@ -466,10 +485,10 @@ def wrapper_net(prefix: str, host_ckpt: Path, plugin: bool, choice: PluginChoice
 
 
 def evaluate(work: Path, prefix: str, device: torch.device, iters: dict, ablations: bool = True,
-             choice: PluginChoice = PluginChoice()) -> tuple[dict, dict]:
-    """Per-image metrics of every system of one host family (``iters``: the budget's; ``ablations`` False:
-    without the ablations; the plug-ins of ``choice``), and its restored images (for figures)."""
-    lq, gt = heldout_pairs(work, prefix)
+             choice: PluginChoice = PluginChoice(), split: str = "heldout") -> tuple[dict, dict]:
+    """Per-image metrics of every system of one host family on ``split`` (``iters``: the budget's; ``ablations``
+    False: without the ablations; the plug-ins of ``choice``), and its restored images (for figures)."""
+    lq, gt = split_pairs(work, prefix, split)
     pbase = f"bgt_{prefix}{choice.tag}"
     ckpt = {**{k: checkpoint(work, name) for k, name in choice.control_names(prefix, iters).items()},
             **{k: checkpoint(work, f"{pbase}_{k}") for k in ("predictor", "quality")}}
@@ -665,6 +684,10 @@ def target_table(tg: dict) -> str:
 def report(meta: dict, prior: dict, families: dict) -> str:
     """The markdown: setup, prior, per host family the systems table, the four targets and the ablations."""
     it = meta["iters"]
+    held_out = meta.get("split", "heldout") == "heldout"
+    evaluated = (f"held out: {meta['n_heldout']} pristine images, degraded once (seed 0)" if held_out else
+                 f"**development split** (for choices, not for claims): the pristine copies of {meta['n_evaluated']} "
+                 f"contaminated training images, degraded once (seed {SPLIT_SEEDS['development']})")
     lines = [f"# Beyond ground truth (budget {meta['budget']}, {meta['device']}, {meta['wall_s'] / 60:.0f} min)", "",
              f"Training GT: {meta['n_train']} images of `{meta['data']}`, {meta['n_contaminated']} of them "
              f"contaminated ({meta['contamination']}); training inputs degraded from "
@@ -675,12 +698,13 @@ def report(meta: dict, prior: dict, families: dict) -> str:
              + ("; conditioned on rank-normalised scores" if meta["norm"] == "rank" else "")
              + (f"; each top-scored target {meta['top_copies']} times in stages 2-3" if meta.get("top_copies", 1) > 1 else "")
              + (f"; stage 2 at learning rate {meta['predictor_lr']:g}" if meta.get("predictor_lr") else "")
-             + "; "
-             f"held out: {meta['n_heldout']} pristine images, degraded once (seed 0) with each host's training "
+             + (f"; stage 2's L1 image loss at weight {meta['predictor_pixel_weight']:g}"
+                if meta.get("predictor_pixel_weight") else "")
+             + "; " + evaluated + " with each host's training "
              f"degradations. Hosts {it['host']} iterations; plug-in stages {it['codebook']} + {meta['predictor_iters']} + "
              f"{meta['quality_iters']}; the host trained further and the filtering host +{meta['control_iters']} "
              "iterations (as many). Mean ± standard error over "
-             "the held-out images.", "",
+             + ("the held-out images." if held_out else "the development images."), "",
              "Prior AUC (pristine vs contaminated training GT): "
              + ", ".join(f"{k} {v:.3f}" for k, v in prior["auc"].items()) + ".", ""]
     digits = {"psnr": 2, "ssim": 4, "sharpness": 3, PRIOR: 3, HELDOUT_NR: 2}
@@ -725,8 +749,10 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"{flag} must be a positive integer, got {value}")
     if args.predictor_lr is not None and not 0 < args.predictor_lr < 1:
         raise SystemExit(f"--predictor-lr must be strictly between 0 and 1, got {args.predictor_lr}")
+    if args.predictor_pixel_weight is not None and not args.predictor_pixel_weight > 0:
+        raise SystemExit(f"--predictor-pixel-weight must be positive, got {args.predictor_pixel_weight}")
     choice = PluginChoice(args.codes, args.inject_kernel, args.inject_depth, args.patch, args.norm, args.quality_iters,
-                          args.top_copies, args.predictor_iters, args.predictor_lr)
+                          args.top_copies, args.predictor_iters, args.predictor_lr, args.predictor_pixel_weight)
     start = time.perf_counter()
     device = resolve_device(args.device)
     budget = BUDGETS[args.budget]
@@ -746,6 +772,9 @@ def main(argv: list[str] | None = None) -> dict:
     prior = step("score", lambda: score_training_gt(work, manifest, args.norm))
     _, threshold = beyond_gt_data.top_scored(work, prior["scores"], budget["top_percent"])
     top = [n for n, s in prior["scores"].items() if s >= threshold]
+    if args.split == "development":
+        beyond_gt_data.development(work, manifest)
+    suffix = "" if args.split == "heldout" else f"_{args.split}"
     jobs = {(family, key): job for family in families
             for key, job in trainings(HOSTS[family], budget["iters"], args.lq_from, args.ablations, choice,
                                       budget["top_percent"]).items()}
@@ -754,31 +783,34 @@ def main(argv: list[str] | None = None) -> dict:
     for family in families:
         prefix = HOSTS[family]
         per_image, images = step(f"{family} evaluate",
-                                 lambda p=prefix: evaluate(work, p, device, budget["iters"], args.ablations, choice))
+                                 lambda p=prefix: evaluate(work, p, device, budget["iters"], args.ablations, choice,
+                                                           args.split))
         results = {name: {m: summary(v) for m, v in values.items()} for name, values in per_image.items()}
-        grid = f"grid_{family}.png"
+        grid = f"grid_{family}{suffix}.png"
         out.mkdir(parents=True, exist_ok=True)
         save_grid(out / grid, images)
         fam_out[family] = {"results": results, "targets": targets(per_image, results), "grid": grid}
-    save_sweep(out / "sweep.png", {f: v["results"] for f, v in fam_out.items()})
+    save_sweep(out / f"sweep{suffix}.png", {f: v["results"] for f, v in fam_out.items()})
     meta = {"budget": args.budget, "device": str(device), "wall_s": round(time.perf_counter() - start, 1),
             "steps_s": times, "iters": budget["iters"], "data": Path(args.data).name, "n_train": len(manifest["train"]),
             "n_contaminated": len(manifest["contaminated"]), "n_heldout": len(manifest["heldout"]),
+            "split": args.split, "n_evaluated": len(beyond_gt_data.list_images(work / "data" / args.split)),
             "contamination": manifest["contamination"], "contaminate": args.contaminate, "lq_from": args.lq_from,
             "codes": args.codes, "inject_kernel": args.inject_kernel, "inject_depth": args.inject_depth,
             "patch": args.patch, "norm": args.norm, "quality_iters": args.quality_iters or budget["iters"]["quality"],
             "predictor_iters": args.predictor_iters or budget["iters"]["predictor"], "predictor_lr": args.predictor_lr,
+            "predictor_pixel_weight": args.predictor_pixel_weight,
             "control_iters": sum(choice.stage_iters(budget["iters"]).values()),
             "top_copies": args.top_copies,
             "ablations": args.ablations, "scores": list(SCORES),
             "top_percent": budget["top_percent"], "top_threshold": threshold,
             "top_contaminated_fraction": sum(n in manifest["contaminated"] for n in top) / max(1, len(top)),
             "metrics": {m: {"lower_better": lb, "what": w} for m, (lb, w) in METRICS.items()},
-            "sweep_plot": "sweep.png", "work": work.name, "torch": torch.__version__,
+            "sweep_plot": f"sweep{suffix}.png", "work": work.name, "torch": torch.__version__,
             "python": platform.python_version()}
     data = {"meta": meta, "prior": {"auc": prior["auc"]}, "families": fam_out}
     markdown = report(meta, prior, fam_out)
-    paths = write_results(out, "beyond_gt", data, markdown)
+    paths = write_results(out, f"beyond_gt{suffix}", data, markdown)
     log("\n" + markdown + f"\n\nwrote {paths[0]}, {paths[1]} and the figures in {out}")
     return data
 

@@ -9,7 +9,9 @@ From any folder of HQ images (central square resized to ``size``), in WORK/data:
 * ``train_pristine/``  the same training images, all pristine: the oracle's GT, read by nothing else;
 * ``manifest.json``    which training image is contaminated and how, and the three file lists;
 * ``train_top/``       links to the top-scored training GT (the filtering baseline's), made once the scores
-                       are known.
+                       are known;
+* ``development/``     links to the pristine copies of the first contaminated training images: the split choices
+                       are made on before a held-out run (``--split development``), never the held-out images.
 
 All images are written as PNG, so the file format does not tell the two kinds apart.
 """
@@ -69,6 +71,20 @@ def prepare(source: str | Path, work: Path, *, train: int, heldout: int, fractio
                 "contaminated": contaminated, **{s: list_images(root / s) for s in SPLITS}}
     write_atomic(manifest_path, json.dumps(manifest, indent=1))
     return json.loads(manifest_path.read_text())  # as a rerun reads it
+
+
+def development(work: Path, manifest: dict, count: int = 50) -> Path:
+    """WORK/data/development: links to the pristine copies of the first ``count`` contaminated training images
+    (manifest order), each degraded once for evaluation. Their contaminated copies were trained on (and, with
+    ``--lq-from pristine``, inputs degraded from these very images), so they serve choices between options, never
+    the held-out claims. Returns the folder."""
+    folder = work / "data" / "development"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in list(manifest["contaminated"])[:count]:
+        link = folder / name
+        if not link.exists():
+            link.symlink_to((work / "data" / "train_pristine" / name).resolve())
+    return folder
 
 
 def top_scored(work: Path, scores: dict[str, float], percent: float) -> tuple[Path, float]:

@@ -170,9 +170,10 @@ def test_one_pair_out_of_order_steers_at_exactly_the_threshold():
 
 def test_patch_and_stage_iters_train_their_own_plugins():
     """--quality-iters sets stage 3 of every plug-in (the ablations' too), --predictor-iters stage 2 (and its
-    learning-rate step), --predictor-lr stage 2's learning rate and --patch every stage, each under names of their
-    own; the host and the oracle stay the same, and the host trained further and the filtering host train for as many
-    iterations as the plug-in's three stages, under names of their own (a learning rate changes no control)."""
+    learning-rate step), --predictor-lr stage 2's learning rate, --predictor-pixel-weight its L1 image loss and
+    --patch every stage, each under names of their own; the host and the oracle stay the same, and the host trained
+    further and the filtering host train for as many iterations as the plug-in's three stages, under names of their
+    own (a learning rate or loss weight changes no control)."""
     iters = beyond_gt.BUDGETS["small"]["iters"]
     controls = {"host", "oracle", "further", "filtered"}
     base = beyond_gt.trainings("sw", iters, choice=beyond_gt.PluginChoice("pixel", 7))
@@ -205,6 +206,12 @@ def test_patch_and_stage_iters_train_their_own_plugins():
     assert faster["predictor"][1] == {**slower["predictor"][1], "name": "bgt_sw_pixel_k7_s800_lr0.004_predictor",
                                       "train:optim_g:lr": 4e-3, "path:pretrain_network_g":
                                           "experiments/bgt_sw_pixel_k7_s800_lr0.004_codebook/models/net_g_latest.pth"}
+    weighted = beyond_gt.trainings("sw", iters, choice=beyond_gt.PluginChoice("pixel", 7, predictor_iters=800,
+                                                                             predictor_pixel_weight=10.0))
+    assert all(weighted[k][1]["train:pixel_opt:loss_weight"] == 10.0 for k in stage2_keys)
+    assert not any("train:pixel_opt:loss_weight" in opt for k, (_, opt) in weighted.items() if k not in stage2_keys)
+    assert weighted["quality"][1]["path:pretrain_network_g"] == "experiments/bgt_sw_pixel_k7_s800_pw10_predictor/models/net_g_latest.pth"
+    assert {k: weighted[k] for k in controls} == {k: slower[k] for k in controls}  # the weight changes no control
     finer = beyond_gt.PluginChoice("pixel", 7, patch=2, norm="rank", quality_iters=200)
     assert finer.tag == "_pixel_k7_p2_rank_q200" and finer.options["patch"] == 2
     assert all(opt["network_g:plugin:patch"] == 2
@@ -250,7 +257,8 @@ def test_an_interrupted_rank_scoring_is_normalised_again(tmp_path):
                                                    ("--patch", "0", "a positive integer, got 0"),
                                                    ("--quality-iters", "0", "a positive integer, got 0"),
                                                    ("--top-copies", "0", "a positive integer, got 0"),
-                                                   ("--predictor-lr", "0", "strictly between 0 and 1, got 0.0")])
+                                                   ("--predictor-lr", "0", "strictly between 0 and 1, got 0.0"),
+                                                   ("--predictor-pixel-weight", "-1", "positive, got -1.0")])
 def test_bad_plugin_choice_is_refused_before_any_work(tmp_path, flag, value, message):
     with pytest.raises(SystemExit, match=f"{flag} must be {message}"):
         beyond_gt.main(["--data", str(tmp_path / "none"), "--out", str(tmp_path), flag, value])
@@ -322,3 +330,22 @@ def test_tiny_run_on_bundled_crops(hq, tmp_path):
     minmax, ranks = (load_scores(out / "work_tiny" / "data" / f) for f in ("train_scores.csv", "train_scores_rank.csv"))
     assert sorted(minmax, key=minmax.get) == sorted(ranks, key=ranks.get)  # the same order, so the same top sets
     assert min(ranks.values()) == 0.0 and max(ranks.values()) == 1.0
+
+    # --split development in the same folder: no training, the pristine copies of contaminated training images
+    trained = {p: p.stat().st_mtime_ns for p in experiments.glob("*/models/net_g_latest.pth")}
+    proc = subprocess.run(cmd + ["--hosts", "swinir", "--no-ablations", "--codes", "pixel", "--norm", "rank",
+                                 "--top-copies", "2", "--split", "development"],
+                          cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in experiments.glob("*/models/net_g_latest.pth")} == trained
+    development = json.loads((out / "beyond_gt_development.json").read_text())
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    links = sorted((data_dir / "development").iterdir())
+    assert [p.name for p in links] == sorted(list(manifest["contaminated"])[:50])
+    assert all(p.resolve() == (data_dir / "train_pristine" / p.name).resolve() for p in links)
+    assert not {p.name for p in links} & set(manifest["heldout"])
+    assert development["meta"]["split"] == "development" and development["meta"]["n_evaluated"] == len(links) == 6
+    assert all(stat["n"] == 6 for stat in development["families"]["swinir"]["results"]["host"].values())
+    assert "development split" in (out / "beyond_gt_development.md").read_text()
+    assert (out / "grid_swinir_development.png").exists() and (out / "sweep_development.png").exists()
+    assert json.loads((out / "beyond_gt.json").read_text())["meta"]["split"] == "heldout"  # the held-out run's, kept
