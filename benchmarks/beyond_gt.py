@@ -248,7 +248,8 @@ def arg_parser() -> argparse.ArgumentParser:
                         "the host, the controls and the configs' plug-in only)")
     p.add_argument("--split", choices=SPLIT_SEEDS, default="heldout",
                    help="evaluate on the held-out images (default), or on the development split (the pristine copies "
-                        "of the first 50 contaminated training images) to choose between options without touching the "
+                        f"of the first {beyond_gt_data.DEVELOPMENT} contaminated training images) to choose between "
+                        "options without touching the "
                         "held-out images; writes beyond_gt_development.* and its figures beside the held-out ones")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--jobs", type=int, default=2, help="trainings run at once (on a CPU, the cores are split)")

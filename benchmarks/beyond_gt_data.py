@@ -10,8 +10,8 @@ From any folder of HQ images (central square resized to ``size``), in WORK/data:
 * ``manifest.json``    which training image is contaminated and how, and the three file lists;
 * ``train_top/``       links to the top-scored training GT (the filtering baseline's), made once the scores
                        are known;
-* ``development/``     links to the pristine copies of the first contaminated training images: the split choices
-                       are made on before a held-out run (``--split development``), never the held-out images.
+* ``development/``     links to the pristine copies of the first ``DEVELOPMENT`` contaminated training images: the
+                       split on which options are chosen before a held-out run (``--split development``).
 
 All images are written as PNG, so the file format does not tell the two kinds apart.
 """
@@ -28,6 +28,8 @@ from iqp_plugin.datasets import fit_square, list_images, read_image
 from iqp_plugin.files import write_atomic
 
 SPLITS = ("train", "train_pristine", "heldout")
+#: images in the development split
+DEVELOPMENT = 50
 
 
 def _png(path: Path, img: np.ndarray) -> None:
@@ -73,7 +75,7 @@ def prepare(source: str | Path, work: Path, *, train: int, heldout: int, fractio
     return json.loads(manifest_path.read_text())  # as a rerun reads it
 
 
-def development(work: Path, manifest: dict, count: int = 50) -> Path:
+def development(work: Path, manifest: dict, count: int = DEVELOPMENT) -> Path:
     """WORK/data/development: links to the pristine copies of the first ``count`` contaminated training images
     (manifest order), each degraded once for evaluation. Their contaminated copies were trained on (and, with
     ``--lq-from pristine``, inputs degraded from these very images), so they serve choices between options, never

@@ -341,7 +341,7 @@ def test_tiny_run_on_bundled_crops(hq, tmp_path):
     development = json.loads((out / "beyond_gt_development.json").read_text())
     manifest = json.loads((data_dir / "manifest.json").read_text())
     links = sorted((data_dir / "development").iterdir())
-    assert [p.name for p in links] == sorted(list(manifest["contaminated"])[:50])
+    assert [p.name for p in links] == sorted(list(manifest["contaminated"])[:beyond_gt_data.DEVELOPMENT])
     assert all(p.resolve() == (data_dir / "train_pristine" / p.name).resolve() for p in links)
     assert not {p.name for p in links} & set(manifest["heldout"])
     assert development["meta"]["split"] == "development" and development["meta"]["n_evaluated"] == len(links) == 6
