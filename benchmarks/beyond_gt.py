@@ -4,8 +4,9 @@ The paper's claim as a controlled experiment with a pristine reference that trai
 
 1. data      ``--data DIR`` (any folder of HQ images, e.g. aligned CelebA faces), central square at 128 px:
              the last ``heldout`` images held out (pristine, evaluation only); of the others, a seeded
-             ``--contaminate`` fraction replaced by contaminated copies (blur, down-up sampling, JPEG; see
-             benchmarks/beyond_gt_data.py). Only the oracle ever trains on the pristine copies as targets.
+             ``--contaminate`` fraction replaced by contaminated copies (blur, down-up sampling, JPEG, at the
+             ``--contamination`` level; see benchmarks/beyond_gt_data.py). Only the oracle ever trains on the
+             pristine copies as targets.
              ``--lq-from target`` (default) degrades each training input from its target, as restorers are
              trained, so a soft target comes with a softer input; ``--lq-from pristine`` degrades it from the
              target's pristine copy instead, so that the input does not show how good its target is: the
@@ -44,6 +45,8 @@ The paper's claim as a controlled experiment with a pristine reference that trai
              branch off, and without its quality stage. Verdicts from paired per-image differences.
              ``--split development`` evaluates the same on the development split instead (the pristine copies of
              the first 50 contaminated training images, degraded once with seed 1), where options are chosen.
+             ``--precondition`` trains the host and the oracle only and reports target 2a (the setup's validity),
+             so that a setup is checked before the plug-in's trainings are spent on it.
 
 Every training runs the project's entry point (``python -m iqp_plugin.train -opt configs/beyond_gt/X.yml
 --force_yml ...``) in OUT/work_<budget>; the budget only changes image counts and iteration counts. A rerun
@@ -57,6 +60,7 @@ held-out run comes after the choice.
         --quality-iters 100 --top-copies 16 --norm rank --predictor-lr 4e-3]
                                                                                      # the decoupled setup
     python benchmarks/beyond_gt.py ... --split development                          # the same, to choose options
+    python benchmarks/beyond_gt.py ... --precondition     # host and oracle only: is the setup valid (target 2a)?
     python benchmarks/beyond_gt.py --budget full --device cuda --data DIR --out OUT  # GPU
 """
 from __future__ import annotations
@@ -82,6 +86,7 @@ from tqdm import tqdm  # noqa: E402
 from benchmarks import beyond_gt_data  # noqa: E402
 from benchmarks.common import markdown_table, write_results  # noqa: E402
 from benchmarks.quality import checkpoint, run, train as quality_train  # noqa: E402
+from iqp_plugin.contamination import CONTAMINATION  # noqa: E402
 from iqp_plugin.datasets import IQPDegradedDataset  # noqa: E402
 from iqp_plugin.evaluation import NOISE_SE, full_reference, paired, summary  # noqa: E402
 from iqp_plugin.devices import resolve_device  # noqa: E402
@@ -208,6 +213,9 @@ def arg_parser() -> argparse.ArgumentParser:
                         "cores; both hosts with the ablations: 1.5 h or more); full: a GPU")
     p.add_argument("--data", required=True, help="folder of HQ images (faces: aligned crops)")
     p.add_argument("--contaminate", type=float, default=0.5, help="fraction of the training GT contaminated")
+    p.add_argument("--contamination", choices=CONTAMINATION, default="standard",
+                   help="how far each contaminated target is degraded: standard (blur sigma 1-2, down-up 1-2x, JPEG "
+                        "q30-60) or light (each distance from the identity halved: 0.5-1, 1-1.5x, q65-80)")
     p.add_argument("--lq-from", choices=LQ_FROM, default="target",
                    help="what each training input is degraded from: its target (as restorers are trained) or the "
                         "target's pristine copy (the input then does not show the target's quality)")
@@ -251,6 +259,10 @@ def arg_parser() -> argparse.ArgumentParser:
                         f"of the first {beyond_gt_data.DEVELOPMENT} contaminated training images) to choose between "
                         "options without touching the "
                         "held-out images; writes beyond_gt_development.* and its figures beside the held-out ones")
+    p.add_argument("--precondition", action="store_true",
+                   help="train the host and the oracle only and report whether the setup is valid (target 2a: the "
+                        "host 1 dB above its input, the oracle 0.5 dB above the host), before the plug-in's trainings "
+                        "are spent on it; writes precondition[_development].*")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--jobs", type=int, default=2, help="trainings run at once (on a CPU, the cores are split)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "beyond_gt"),
@@ -258,10 +270,11 @@ def arg_parser() -> argparse.ArgumentParser:
     return p
 
 
-def work_dir(out: Path, budget: str, lq_from: str, contaminate: float) -> Path:
+def work_dir(out: Path, budget: str, lq_from: str, contaminate: float, level: str = "standard") -> Path:
     """OUT/work_<budget>, suffixed by the setup where it differs from the default (the data and every
-    training depend on it): ``_lq-pristine`` and ``_c<fraction>``."""
-    suffix = ("" if lq_from == "target" else f"_lq-{lq_from}") + ("" if contaminate == 0.5 else f"_c{contaminate:g}")
+    training depend on it): ``_lq-pristine``, ``_c<fraction>`` and ``_<level>``."""
+    suffix = (("" if lq_from == "target" else f"_lq-{lq_from}") + ("" if contaminate == 0.5 else f"_c{contaminate:g}")
+              + ("" if level == "standard" else f"_{level}"))
     return out / f"work_{budget}{suffix}"
 
 
@@ -551,6 +564,48 @@ def _hq_off(net, lq: torch.Tensor, device: torch.device) -> torch.Tensor:
         codebook.hq_weight = weight
 
 
+#: the trainings --precondition runs
+PRECONDITION = ("host", "oracle")
+
+
+def setup_valid(gain: float, gap: float) -> bool:
+    """Target 2a: the host restores (1 dB above its input) and leaves room (the oracle 0.5 dB above it)."""
+    return gain >= 1 and gap >= 0.5
+
+
+def precondition(out: Path, work: Path, families: list[str], budget: dict, device: torch.device, split: str,
+                 prior: dict, top_contaminated: float) -> dict:
+    """Target 2a alone, from the host and the oracle: per host family the PSNR of the input, the host and the
+    oracle on ``split``, the host's gain over its input and the oracle's gap, and whether the setup is valid.
+    Writes OUT/precondition[_<split>].json and .md; returns the JSON."""
+    rows, fams = [], {}
+    for family in families:
+        prefix = HOSTS[family]
+        lq, gt = split_pairs(work, prefix, split)
+        names = PluginChoice().control_names(prefix, budget["iters"])
+        nets = {k: load_wrapper(wrapper_net(prefix, checkpoint(work, names[k]), False), device=device)
+                for k in PRECONDITION}
+        image_range = nets["host"].adapter.image_range
+        pristine = as_8bit(gt, image_range)
+        outputs = {"input (LQ)": as_8bit(lq, image_range), **{k: restored(net, lq, device) for k, net in nets.items()}}
+        psnr = {k: summary(metrics_of(v, pristine, {}, device)["psnr"])["mean"] for k, v in outputs.items()}
+        gain, gap = psnr["host"] - psnr["input (LQ)"], psnr["oracle"] - psnr["host"]
+        fams[family] = {"psnr": psnr, "host gain over input (dB)": gain, "oracle gap (dB)": gap,
+                        "setup valid": setup_valid(gain, gap)}
+        rows.append([family, *(f"{psnr[k]:.2f}" for k in ("input (LQ)", "host", "oracle")), f"{gain:+.2f}",
+                     f"{gap:+.2f}", "yes" if fams[family]["setup valid"] else "no"])
+    data = {"prior": {"auc": prior["auc"]}, "top_contaminated_fraction": top_contaminated, "work": work.name,
+            "split": split, "families": fams}
+    markdown = "\n".join([
+        f"# Precondition of `{work.name}` ({split}; target 2a: host >= input + 1 dB, oracle >= host + 0.5 dB)", "",
+        "Prior AUC (pristine vs contaminated training GT): " + ", ".join(f"{k} {v:.3f}" for k, v in prior["auc"].items())
+        + f"; filtering's top {budget['top_percent']:g}% holds {100 * top_contaminated:.1f}% contaminated targets.", "",
+        markdown_table(["host family", "input PSNR", "host", "oracle", "host - input", "oracle - host", "valid"], rows)])
+    paths = write_results(out, "precondition" + ("" if split == "heldout" else f"_{split}"), data, markdown)
+    log("\n" + markdown + f"\n\nwrote {paths[0]}, {paths[1]}")
+    return data
+
+
 # ---------------------------------------------------------------- verdicts and targets
 def spearman(x: list[float], y: list[float]) -> float:
     """Spearman's rank correlation (average ranks for ties), rounded to 12 decimals: over five scores it takes a
@@ -595,11 +650,11 @@ def target_rows(per_image: dict, results: dict, system: str) -> dict:
     return {
         "1 the score steers": {"spearman": rho, "sweep": sweep, "met": all(r >= 0.9 for r in rho.values())},
         "2 the prior beats more training": {
-            "host gain over input (dB)": gain, "oracle gap (dB)": gap, "setup valid": gain >= 1 and gap >= 0.5,
+            "host gain over input (dB)": gain, "oracle gap (dB)": gap, "setup valid": setup_valid(gain, gap),
             "gap closed": closed,
             "verdict vs host": vs["host"]["psnr"]["verdict"],
             "verdict vs host trained further": vs["host trained further"]["psnr"]["verdict"],
-            "met": bool(gain >= 1 and gap >= 0.5 and closed >= 0.5 and vs["host"]["psnr"]["verdict"] == "better"
+            "met": bool(setup_valid(gain, gap) and closed >= 0.5 and vs["host"]["psnr"]["verdict"] == "better"
                         and vs["host trained further"]["psnr"]["verdict"] == "better")},
         "3 it holds up against filtering": {"verdict vs host on top-scored GT": vs["host on top-scored GT"]["psnr"]["verdict"],
                                             "met": vs["host on top-scored GT"]["psnr"]["verdict"] in ("same", "better")},
@@ -758,7 +813,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = resolve_device(args.device)
     budget = BUDGETS[args.budget]
     out = Path(args.out).resolve()
-    work = work_dir(out, args.budget, args.lq_from, args.contaminate)
+    work = work_dir(out, args.budget, args.lq_from, args.contaminate, args.contamination)
     times = {}
 
     def step(name, fn):
@@ -769,7 +824,8 @@ def main(argv: list[str] | None = None) -> dict:
         return result
 
     manifest = step("data", lambda: beyond_gt_data.prepare(
-        args.data, work, train=budget["train"], heldout=budget["heldout"], fraction=args.contaminate, size=SIZE))
+        args.data, work, train=budget["train"], heldout=budget["heldout"], fraction=args.contaminate, size=SIZE,
+        level=args.contamination))
     prior = step("score", lambda: score_training_gt(work, manifest, args.norm))
     _, threshold = beyond_gt_data.top_scored(work, prior["scores"], budget["top_percent"])
     top = [n for n, s in prior["scores"].items() if s >= threshold]
@@ -778,8 +834,12 @@ def main(argv: list[str] | None = None) -> dict:
     suffix = "" if args.split == "heldout" else f"_{args.split}"
     jobs = {(family, key): job for family in families
             for key, job in trainings(HOSTS[family], budget["iters"], args.lq_from, args.ablations, choice,
-                                      budget["top_percent"]).items()}
+                                      budget["top_percent"]).items()
+            if not args.precondition or key in PRECONDITION}
     times.update(train_all(work, jobs, device, args.jobs))
+    top_contaminated = sum(n in manifest["contaminated"] for n in top) / max(1, len(top))
+    if args.precondition:
+        return precondition(out, work, families, budget, device, args.split, prior, top_contaminated)
     fam_out = {}
     for family in families:
         prefix = HOSTS[family]
@@ -796,7 +856,8 @@ def main(argv: list[str] | None = None) -> dict:
             "steps_s": times, "iters": budget["iters"], "data": Path(args.data).name, "n_train": len(manifest["train"]),
             "n_contaminated": len(manifest["contaminated"]), "n_heldout": len(manifest["heldout"]),
             "split": args.split, "n_evaluated": len(beyond_gt_data.list_images(work / "data" / args.split)),
-            "contamination": manifest["contamination"], "contaminate": args.contaminate, "lq_from": args.lq_from,
+            "contamination": manifest["contamination"], "contaminate": args.contaminate,
+            "contamination_level": args.contamination, "lq_from": args.lq_from,
             "codes": args.codes, "inject_kernel": args.inject_kernel, "inject_depth": args.inject_depth,
             "patch": args.patch, "norm": args.norm, "quality_iters": args.quality_iters or budget["iters"]["quality"],
             "predictor_iters": args.predictor_iters or budget["iters"]["predictor"], "predictor_lr": args.predictor_lr,
@@ -805,7 +866,7 @@ def main(argv: list[str] | None = None) -> dict:
             "top_copies": args.top_copies,
             "ablations": args.ablations, "scores": list(SCORES),
             "top_percent": budget["top_percent"], "top_threshold": threshold,
-            "top_contaminated_fraction": sum(n in manifest["contaminated"] for n in top) / max(1, len(top)),
+            "top_contaminated_fraction": top_contaminated,
             "metrics": {m: {"lower_better": lb, "what": w} for m, (lb, w) in METRICS.items()},
             "sweep_plot": f"sweep{suffix}.png", "work": work.name, "torch": torch.__version__,
             "python": platform.python_version()}

@@ -4,8 +4,8 @@ From any folder of HQ images (central square resized to ``size``), in WORK/data:
 
 * ``heldout/``         the last ``heldout`` images, pristine: evaluation only, never trained on;
 * ``train/``           the first ``train`` of the others: a seeded ``fraction`` of them replaced by contaminated
-                       copies (``iqp_plugin.contamination``), the rest pristine. Every training except the oracle's reads
-                       this folder only;
+                       copies (``iqp_plugin.contamination``, at ``level``), the rest pristine. Every training
+                       except the oracle's reads this folder only;
 * ``train_pristine/``  the same training images, all pristine: the oracle's GT, read by nothing else;
 * ``manifest.json``    which training image is contaminated and how, and the three file lists;
 * ``train_top/``       links to the top-scored training GT (the filtering baseline's), made once the scores
@@ -37,7 +37,7 @@ def _png(path: Path, img: np.ndarray) -> None:
 
 
 def prepare(source: str | Path, work: Path, *, train: int, heldout: int, fraction: float, size: int,
-            seed: int = 0) -> dict:
+            seed: int = 0, level: str = "standard") -> dict:
     """Write WORK/data (see the module doc) once; a rerun with the same arguments reuses it.
 
     Returns the manifest: ``{"source", "args", "contamination", "contaminated": {name: params},
@@ -45,7 +45,7 @@ def prepare(source: str | Path, work: Path, *, train: int, heldout: int, fractio
     """
     source = Path(source)
     root = work / "data"
-    args = {"train": train, "heldout": heldout, "fraction": fraction, "size": size, "seed": seed}
+    args = {"train": train, "heldout": heldout, "fraction": fraction, "size": size, "seed": seed, "level": level}
     manifest_path = root / "manifest.json"
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
@@ -66,10 +66,10 @@ def prepare(source: str | Path, work: Path, *, train: int, heldout: int, fractio
         return (fit_square(read_image(source / name), size, "resize") * 255).round().astype(np.uint8)
 
     contaminated = write_mixed({png[n]: square(n) for n in pool}, root / "train", root / "train_pristine",
-                               fraction, seed)
+                               fraction, seed, level)
     for name in held:
         _png(root / "heldout" / png[name], square(name))
-    manifest = {"source": str(source.resolve()), "args": args, "contamination": CONTAMINATION,
+    manifest = {"source": str(source.resolve()), "args": args, "contamination": CONTAMINATION[level],
                 "contaminated": contaminated, **{s: list_images(root / s) for s in SPLITS}}
     write_atomic(manifest_path, json.dumps(manifest, indent=1))
     return json.loads(manifest_path.read_text())  # as a rerun reads it

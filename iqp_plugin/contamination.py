@@ -13,18 +13,23 @@ import numpy as np
 
 from iqp_plugin.files import write_atomic
 
-#: Contamination of a GT image, applied in this order (each range sampled uniformly per image).
-CONTAMINATION = {"blur_sigma": (1.0, 2.0), "down_up_factor": (1.0, 2.0), "jpeg_quality": (30, 60)}
+#: Contamination levels of a GT image: the ranges of its steps, applied in this order (each sampled uniformly per
+#: image). ``light`` halves each parameter's distance from the identity (sigma 0, factor 1, quality 100).
+CONTAMINATION = {
+    "standard": {"blur_sigma": (1.0, 2.0), "down_up_factor": (1.0, 2.0), "jpeg_quality": (30, 60)},
+    "light": {"blur_sigma": (0.5, 1.0), "down_up_factor": (1.0, 1.5), "jpeg_quality": (65, 80)},
+}
 
 
-def contaminate(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+def contaminate(img: np.ndarray, rng: np.random.Generator, level: str = "standard") -> tuple[np.ndarray, dict]:
     """A lower-quality copy of an HWC BGR uint8 image: Gaussian blur, down-and-up sampling, JPEG.
 
-    Returns the image (same size, uint8) and the parameters drawn from :data:`CONTAMINATION`.
+    Returns the image (same size, uint8) and the parameters drawn from ``CONTAMINATION[level]``.
     """
-    sigma = float(rng.uniform(*CONTAMINATION["blur_sigma"]))
-    factor = float(rng.uniform(*CONTAMINATION["down_up_factor"]))
-    quality = int(rng.integers(CONTAMINATION["jpeg_quality"][0], CONTAMINATION["jpeg_quality"][1] + 1))
+    ranges = CONTAMINATION[level]
+    sigma = float(rng.uniform(*ranges["blur_sigma"]))
+    factor = float(rng.uniform(*ranges["down_up_factor"]))
+    quality = int(rng.integers(ranges["jpeg_quality"][0], ranges["jpeg_quality"][1] + 1))
     h, w = img.shape[:2]
     out = cv2.GaussianBlur(img, (0, 0), sigma)
     small = (max(1, round(w / factor)), max(1, round(h / factor)))
@@ -34,10 +39,10 @@ def contaminate(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, 
 
 
 def write_mixed(images: dict[str, np.ndarray], train_dir: Path, pristine_dir: Path, fraction: float,
-                seed: int = 0) -> dict[str, dict]:
+                seed: int = 0, level: str = "standard") -> dict[str, dict]:
     """Write ``images`` (PNG name -> HWC BGR uint8) twice: all pristine into ``pristine_dir`` (an oracle's GT),
-    and into ``train_dir`` with a seeded ``fraction`` of them contaminated. Both as PNG, so that the file
-    format does not tell the two kinds apart. Returns ``{name: contamination parameters}``."""
+    and into ``train_dir`` with a seeded ``fraction`` of them contaminated at ``level``. Both as PNG, so that the
+    file format does not tell the two kinds apart. Returns ``{name: contamination parameters}``."""
     names = sorted(images)
     chosen = set(np.random.default_rng(seed).permutation(len(names))[:round(fraction * len(names))].tolist())
     contaminated = {}
@@ -45,6 +50,6 @@ def write_mixed(images: dict[str, np.ndarray], train_dir: Path, pristine_dir: Pa
         img = images[name]
         write_atomic(Path(pristine_dir) / name, cv2.imencode(".png", img)[1].tobytes())
         if i in chosen:
-            img, contaminated[name] = contaminate(img, np.random.default_rng([seed, i]))
+            img, contaminated[name] = contaminate(img, np.random.default_rng([seed, i]), level)
         write_atomic(Path(train_dir) / name, cv2.imencode(".png", img)[1].tobytes())
     return contaminated

@@ -46,7 +46,7 @@ def test_contamination_bookkeeping(hq, tmp_path):
         same = np.array_equal(pixels(data / "train" / name), pixels(data / "train_pristine" / name))
         assert same == (name not in m["contaminated"]), name  # every contaminated target differs from its original
     for name, params in m["contaminated"].items():
-        lo, hi = CONTAMINATION["blur_sigma"]
+        lo, hi = CONTAMINATION["standard"]["blur_sigma"]
         assert lo <= params["blur_sigma"] <= hi
     assert {p.name for p in (data / "train").iterdir()} == train  # nothing else sits in the training folder
 
@@ -270,9 +270,43 @@ def test_contaminate_lowers_sharpness_and_keeps_size():
     img = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
     out, params = contaminate(img, np.random.default_rng(1))
     assert out.shape == img.shape and out.dtype == np.uint8
-    assert set(params) == set(CONTAMINATION)
+    assert set(params) == set(CONTAMINATION["standard"])
     lap = lambda x: cv2.Laplacian(x.astype(np.float32), cv2.CV_32F).var()  # noqa: E731
     assert lap(out) < 0.5 * lap(img)
+    light, light_params = contaminate(img, np.random.default_rng(1), "light")
+    assert all(lo <= light_params[k] <= hi for k, (lo, hi) in CONTAMINATION["light"].items())
+    assert lap(out) < lap(light) < lap(img)  # the same draws, a milder copy
+
+
+def test_light_contamination_is_recorded_and_gets_its_own_work_dir(hq, tmp_path):
+    m = beyond_gt_data.prepare(hq, tmp_path / "work", train=10, heldout=4, fraction=0.5, size=64, level="light")
+    assert m["contamination"] == json.loads(json.dumps(CONTAMINATION["light"])) and len(m["contaminated"]) == 5
+    for params in m["contaminated"].values():
+        assert all(lo <= params[k] <= hi for k, (lo, hi) in CONTAMINATION["light"].items())
+    with pytest.raises(SystemExit, match="delete"):  # the same folder made at another level is refused
+        beyond_gt_data.prepare(hq, tmp_path / "work", train=10, heldout=4, fraction=0.5, size=64)
+    names = {beyond_gt.work_dir(tmp_path, "small", "pristine", 0.75, level).name for level in CONTAMINATION}
+    assert names == {"work_small_lq-pristine_c0.75", "work_small_lq-pristine_c0.75_light"}
+
+
+def test_precondition_trains_host_and_oracle_only(hq, tmp_path):
+    write_crops(hq, 24, 96, seed=3, photos=PHOTOS)
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "beyond_gt.py"), "--budget", "tiny", "--device", "cpu",
+           "--data", str(hq), "--out", str(out), "--hosts", "swinir", "--contamination", "light", "--precondition"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    trained = {p.name for p in (out / "work_tiny_light" / "experiments").iterdir()}
+    assert trained == {"bgt_sw_host", "bgt_sw_oracle"}  # no control or plug-in training
+    assert not (out / "beyond_gt.json").exists()
+    data = json.loads((out / "precondition.json").read_text())
+    fam = data["families"]["swinir"]
+    psnr = fam["psnr"]
+    assert set(psnr) == {"input (LQ)", "host", "oracle"} and all(math.isfinite(v) for v in psnr.values())
+    assert fam["host gain over input (dB)"] == pytest.approx(psnr["host"] - psnr["input (LQ)"])
+    assert fam["setup valid"] == (fam["host gain over input (dB)"] >= 1 and fam["oracle gap (dB)"] >= 0.5)
+    assert 0 <= data["top_contaminated_fraction"] <= 1
+    assert "| swinir |" in (out / "precondition.md").read_text()
 
 
 def test_tiny_run_on_bundled_crops(hq, tmp_path):
