@@ -49,7 +49,8 @@ def prepare(source: str | Path, work: Path, *, train: int, heldout: int, fractio
     manifest_path = root / "manifest.json"
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
-        if manifest["args"] == args and manifest["source"] == str(source.resolve()):
+        made = {"level": "standard", **manifest["args"]}  # folders made before the levels were standard
+        if made == args and manifest["source"] == str(source.resolve()):
             return manifest
         raise SystemExit(f"{root} was made from {manifest['source']} with {manifest['args']}; "
                          f"use another --out or delete {root}")

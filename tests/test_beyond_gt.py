@@ -78,6 +78,13 @@ def test_prepare_is_reused_and_refuses_other_arguments(hq, tmp_path):
     assert beyond_gt_data.prepare(hq, work, train=10, heldout=4, fraction=0.5, size=64) == first
     with pytest.raises(SystemExit, match="delete"):
         beyond_gt_data.prepare(hq, work, train=10, heldout=4, fraction=0.3, size=64)
+    path = work / "data" / "manifest.json"  # a folder made before contamination levels existed is reused
+    old = json.loads(path.read_text())
+    del old["args"]["level"]
+    path.write_text(json.dumps(old))
+    assert beyond_gt_data.prepare(hq, work, train=10, heldout=4, fraction=0.5, size=64)["contaminated"] == first["contaminated"]
+    with pytest.raises(SystemExit, match="delete"):
+        beyond_gt_data.prepare(hq, work, train=10, heldout=4, fraction=0.5, size=64, level="light")
 
 
 def test_each_setup_has_its_own_work_folder(tmp_path):
