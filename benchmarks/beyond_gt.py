@@ -36,13 +36,16 @@ The paper's claim as a controlled experiment with a pristine reference that trai
              ``--top-copies C`` with each top-scored target (the filtering baseline's set) C times in stages 2-3
              (the datasets' ``top_copies``, ``top_percent``),
              every target keeping its score, ``--predictor-lr X`` with stage 2 at learning rate X,
-             ``--predictor-pixel-weight W`` with stage 2's L1 image loss at weight W, and
+             ``--predictor-pixel-weight W`` with stage 2's L1 image loss at weight W, ``--index-head similarity``
+             with similarity index heads, and
              ``--quality-iters N`` with N stage-3 iterations, under their own
              training names, against the same host and controls.
 6. evaluate  on the held-out images, degraded once with the host's training degradations (seed 0): PSNR and
              SSIM against the pristine image, NIQE, PIQE and the sharpness ratio (high-frequency energy of the
              output over that of the pristine image); host + IQP at every score of ``SCORES``, with its HQ
-             branch off, and without its quality stage. Verdicts from paired per-image differences.
+             branch off, and without its quality stage (``--code-temperature T``: once more at every score,
+             decoding the softmax mixture of its codes at temperature T; no training). Verdicts from paired
+             per-image differences.
              ``--split development`` evaluates the same on the development split instead (the pristine copies of
              the first 50 contaminated training images, degraded once with seed 1), where options are chosen.
              ``--precondition`` trains the host and the oracle only and reports target 2a (the setup's validity),
@@ -103,6 +106,8 @@ TARGET = 0.95
 PRIOR, HELDOUT_NR = "niqe", "piqe"
 #: the plug-in whose W_o learned from the GT's own codes in stage 2 (``train: teacher_forcing``)
 TEACHER = "IQP teacher-forced"
+#: the same plug-in decoding at inference the softmax mixture of its codes at temperature T (``--code-temperature``)
+MIXTURE = "host + IQP, codes at T={:g}"
 #: per host family: config prefix in configs/beyond_gt/
 HOSTS = {"restoreformer": "rf", "swinir": "sw"}
 #: --split: the images evaluated -> the seed of their one degradation (WORK/data/<split>, see beyond_gt_data)
@@ -130,12 +135,13 @@ NORMS = {"minmax": ("data/train_scores.csv", ""), "rank": ("data/train_scores_ra
 class PluginChoice:
     """The plug-in's ``--codes`` (a key of :data:`CODES`), ``--inject-kernel``, ``--inject-depth``, ``--patch``, the
     scores' ``--norm``, ``--quality-iters``, ``--top-copies``, ``--predictor-iters``, ``--predictor-lr`` and
-    ``--predictor-pixel-weight``: the options
+    ``--predictor-pixel-weight`` and ``--index-head``: the options
     they set over the configs', and the tag they add to the plug-in trainings' names (``_k<K>`` for a kernel other than
     1, ``_d<D>`` for a depth other than 1, ``_p<P>`` for a patch other than the config's, ``_rank`` for rank-normalised
     scores, ``_o<C>`` for each top-scored target C times in stages 2-3, ``_s<N>`` for N stage-2 iterations instead of
     the budget's, ``_lr<X>`` for stage 2's learning rate X instead of the config's, ``_q<N>`` for N stage-3
-    iterations instead of the budget's and ``_pw<W>`` for stage 2's L1 image loss at weight W instead of the config's)."""
+    iterations instead of the budget's, ``_pw<W>`` for stage 2's L1 image loss at weight W instead of the config's and
+    ``_sim`` for similarity index heads instead of the config's dense ones)."""
     codes: str = "token"
     inject_kernel: int = 1
     inject_depth: int = 1
@@ -146,13 +152,15 @@ class PluginChoice:
     predictor_iters: int | None = None
     predictor_lr: float | None = None
     predictor_pixel_weight: float | None = None
+    index_head: str = "dense"
 
     @property
     def options(self) -> dict:
         kernel = {"inject_kernel": self.inject_kernel} if self.inject_kernel != 1 else {}
         depth = {"inject_depth": self.inject_depth} if self.inject_depth != 1 else {}
         patch = {"patch": self.patch} if self.patch else {}
-        return {**CODES[self.codes][0], **kernel, **depth, **patch}
+        head = {"index_head": self.index_head} if self.index_head != "dense" else {}
+        return {**CODES[self.codes][0], **kernel, **depth, **patch, **head}
 
     @property
     def tag(self) -> str:
@@ -163,7 +171,8 @@ class PluginChoice:
                 + (f"_s{self.predictor_iters}" if self.predictor_iters else "")
                 + (f"_lr{self.predictor_lr:g}" if self.predictor_lr else "")
                 + (f"_q{self.quality_iters}" if self.quality_iters else "")
-                + (f"_pw{self.predictor_pixel_weight:g}" if self.predictor_pixel_weight else ""))
+                + (f"_pw{self.predictor_pixel_weight:g}" if self.predictor_pixel_weight else "")
+                + ("_sim" if self.index_head == "similarity" else ""))
 
     @property
     def score_csv(self) -> str:
@@ -247,6 +256,14 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictor-pixel-weight", type=float,
                    help="weight of stage 2's L1 image loss (default: the config's, 1); another weight trains its own "
                         "plug-ins, as --codes does (the controls stay the same)")
+    p.add_argument("--index-head", choices=("dense", "similarity"), default="dense",
+                   help="the plug-in's index heads (plugin: index_head): dense (the configs', a logit layer per codebook) "
+                        "or similarity (logits from the distance of a predicted feature to each code); similarity trains "
+                        "its own plug-ins, as --codes does")
+    p.add_argument("--code-temperature", type=float, default=0.0,
+                   help="also evaluate the plug-in decoding at inference the softmax mixture of its codes at this "
+                        "temperature (plugin: code_temperature; 0, the default: only the most likely codes, the paper's); "
+                        "no training")
     p.add_argument("--top-copies", type=int, default=1,
                    help="each top-scored training target (the filtering baseline's top set) this many times in the plug-in's "
                         "stages 2-3, every target keeping its score; another count trains its own plug-ins, as --codes does")
@@ -499,9 +516,11 @@ def wrapper_net(prefix: str, host_ckpt: Path, plugin: bool, choice: PluginChoice
 
 
 def evaluate(work: Path, prefix: str, device: torch.device, iters: dict, ablations: bool = True,
-             choice: PluginChoice = PluginChoice(), split: str = "heldout") -> tuple[dict, dict]:
+             choice: PluginChoice = PluginChoice(), split: str = "heldout",
+             code_temperature: float = 0.0) -> tuple[dict, dict]:
     """Per-image metrics of every system of one host family on ``split`` (``iters``: the budget's; ``ablations``
-    False: without the ablations; the plug-ins of ``choice``), and its restored images (for figures)."""
+    False: without the ablations; the plug-ins of ``choice``; ``code_temperature`` > 0: the plug-in once more at
+    every score, decoding its codes' softmax mixture at that temperature), and its restored images (for figures)."""
     lq, gt = split_pairs(work, prefix, split)
     pbase = f"bgt_{prefix}{choice.tag}"
     ckpt = {**{k: checkpoint(work, name) for k, name in choice.control_names(prefix, iters).items()},
@@ -518,6 +537,11 @@ def evaluate(work: Path, prefix: str, device: torch.device, iters: dict, ablatio
                "oracle (pristine GT)": lambda: restored(host["oracle"], lq, device)}
     for s in SCORES:
         systems[f"host + IQP @{s}"] = lambda s=s: restored(iqp, lq, device, score=s)
+    if code_temperature:
+        mixed = load_wrapper({**net, "plugin": {**net["plugin"], "code_temperature": code_temperature}},
+                             str(ckpt["quality"]), device)
+        for s in SCORES:
+            systems[f"{MIXTURE.format(code_temperature)} @{s}"] = lambda s=s: restored(mixed, lq, device, score=s)
     systems["IQP, HQ branch off"] = lambda: _hq_off(iqp, lq, device)
     systems["IQP, no quality stage"] = lambda: restored(load_wrapper(net, str(ckpt["predictor"]), device), lq, device,
                                                         TARGET)
@@ -633,7 +657,10 @@ def targets(per_image: dict, results: dict) -> dict:
     ablation = {name: {m: paired(per_image[a][m], per_image[b][m], METRICS[m][0], rtol=0.0) for m in METRICS}
                 for name, (a, b) in pairs.items() if a in per_image and b in per_image}
     teacher = {"teacher-forced": target_rows(per_image, results, TEACHER)} if f"{TEACHER} @{TARGET}" in per_image else {}
-    return {**target_rows(per_image, results, "host + IQP"), "4 ablations": ablation, **teacher}
+    mixed = {name.rsplit(" @", 1)[0] for name in per_image if name.startswith(MIXTURE.partition("{")[0])}
+    mixture = {system: target_rows(per_image, results, system) for system in sorted(mixed)}
+    return {**target_rows(per_image, results, "host + IQP"), "4 ablations": ablation, **teacher,
+            **({"mixture": mixture} if mixture else {})}
 
 
 def target_rows(per_image: dict, results: dict, system: str) -> dict:
@@ -756,6 +783,7 @@ def report(meta: dict, prior: dict, families: dict) -> str:
              + (f"; stage 2 at learning rate {meta['predictor_lr']:g}" if meta.get("predictor_lr") else "")
              + (f"; stage 2's L1 image loss at weight {meta['predictor_pixel_weight']:g}"
                 if meta.get("predictor_pixel_weight") else "")
+             + ("; similarity index heads" if meta.get("index_head") == "similarity" else "")
              + "; " + evaluated + " with each host's training "
              f"degradations. Hosts {it['host']} iterations; plug-in stages {it['codebook']} + {meta['predictor_iters']} + "
              f"{meta['quality_iters']}; the host trained further and the filtering host +{meta['control_iters']} "
@@ -770,7 +798,7 @@ def report(meta: dict, prior: dict, families: dict) -> str:
         rows = [[name] + [fmt(stats[m], digits[m]) for m in ("psnr", "ssim", "sharpness", PRIOR, HELDOUT_NR)]
                 for name, stats in res.items()]
         lines += [f"## {family}", "", markdown_table(header, rows), "", f"![grid]({fam['grid']}) ", ""]
-        for system, rows_of in (("host + IQP", tg), (TEACHER, tg.get("teacher-forced"))):
+        for system, rows_of in (("host + IQP", tg), (TEACHER, tg.get("teacher-forced")), *tg.get("mixture", {}).items()):
             if rows_of is None:
                 continue
             lines += [f"Targets for {system}:", "", target_table(rows_of), "",
@@ -805,10 +833,13 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"{flag} must be a positive integer, got {value}")
     if args.predictor_lr is not None and not 0 < args.predictor_lr < 1:
         raise SystemExit(f"--predictor-lr must be strictly between 0 and 1, got {args.predictor_lr}")
+    if args.code_temperature < 0:
+        raise SystemExit(f"--code-temperature must be >= 0 (0: the most likely codes only), got {args.code_temperature}")
     if args.predictor_pixel_weight is not None and not args.predictor_pixel_weight > 0:
         raise SystemExit(f"--predictor-pixel-weight must be positive, got {args.predictor_pixel_weight}")
     choice = PluginChoice(args.codes, args.inject_kernel, args.inject_depth, args.patch, args.norm, args.quality_iters,
-                          args.top_copies, args.predictor_iters, args.predictor_lr, args.predictor_pixel_weight)
+                          args.top_copies, args.predictor_iters, args.predictor_lr, args.predictor_pixel_weight,
+                          args.index_head)
     start = time.perf_counter()
     device = resolve_device(args.device)
     budget = BUDGETS[args.budget]
@@ -845,7 +876,7 @@ def main(argv: list[str] | None = None) -> dict:
         prefix = HOSTS[family]
         per_image, images = step(f"{family} evaluate",
                                  lambda p=prefix: evaluate(work, p, device, budget["iters"], args.ablations, choice,
-                                                           args.split))
+                                                           args.split, args.code_temperature))
         results = {name: {m: summary(v) for m, v in values.items()} for name, values in per_image.items()}
         grid = f"grid_{family}{suffix}.png"
         out.mkdir(parents=True, exist_ok=True)
@@ -861,7 +892,8 @@ def main(argv: list[str] | None = None) -> dict:
             "codes": args.codes, "inject_kernel": args.inject_kernel, "inject_depth": args.inject_depth,
             "patch": args.patch, "norm": args.norm, "quality_iters": args.quality_iters or budget["iters"]["quality"],
             "predictor_iters": args.predictor_iters or budget["iters"]["predictor"], "predictor_lr": args.predictor_lr,
-            "predictor_pixel_weight": args.predictor_pixel_weight,
+            "predictor_pixel_weight": args.predictor_pixel_weight, "index_head": args.index_head,
+            "code_temperature": args.code_temperature,
             "control_iters": sum(choice.stage_iters(budget["iters"]).values()),
             "top_copies": args.top_copies,
             "ablations": args.ablations, "scores": list(SCORES),

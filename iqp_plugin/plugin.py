@@ -30,7 +30,8 @@ per-pixel features (``Q`` below is the identity) and the correction needs no ``U
                learned: no parameter per code, so the codebook size costs nothing.
 4. Codes:      ``q = C_c[argmax l_c] + w * C_h[argmax l_h]`` (``w`` = ``hq_weight``); when training,
                straight-through over the code choice: ``hard + soft - stopgrad(soft)``,
-               ``soft = softmax(l) @ C``.
+               ``soft = softmax(l) @ C``. At inference ``code_temperature: T`` > 0 decodes
+               ``softmax(l / T) @ C`` instead of ``C[argmax l]``.
 5. Injection:  ``z' = z + U(W_o (q - Q(z)))``, ``Q`` = ``P`` (``codes: token``) or the identity
                (``pixel``), with ``W_o`` a 1x1 convolution (``inject_kernel: k``: k x k, so that each
                correction also sees its neighbours' codes; ``inject_depth: d``: d k x k convolutions with
@@ -94,6 +95,7 @@ SHARED_OPTIONS = {
     "codes": "token",        # one code per token, or per bottleneck pixel ('pixel', needs patch)
     "inject_kernel": 1,      # W_o's kernel: 1 (per code) or an odd k > 1 (each correction sees its k x k codes)
     "inject_depth": 1,       # W_o's convolutions: 1 (linear) or d > 1 (d - 1 hidden C-channel layers, GELU between)
+    "code_temperature": 0.0,  # inference: 0 decodes each most likely code; T > 0 the mixture softmax(logits / T) @ C
 }
 CHOICES = {"cond": ("adaln", "adaln_single", "binned"), "index_head": ("dense", "similarity"),
            "upsample": ("bilinear", "pixelshuffle"), "codes": ("token", "pixel"),
@@ -135,6 +137,9 @@ def plugin_options(channels: int, has_host_codebook: bool, overrides: dict) -> d
         if isinstance(value, bool) or not (isinstance(value, int) and value > 0 and (value % 2 or not odd)):
             kind = "an odd positive" if odd else "a positive"
             raise ValueError(f"plugin {key} must be {kind} integer ({examples}), got {value!r}.")
+    temperature = cfg["code_temperature"]
+    if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and temperature >= 0):
+        raise ValueError(f"plugin code_temperature must be a number >= 0 (0: the most likely code), got {temperature!r}.")
     if cfg["share_host_codebook"] and not has_host_codebook:
         raise ValueError("plugin share_host_codebook: true, but this host has no codebook of its own.")
     return cfg
@@ -457,9 +462,19 @@ class IQPPlugin(nn.Module):
         """Predict codes from ``feat`` and return the decoder input ``z' = z + U(W_o (q - Q(z)))`` (see
         :meth:`inject` for ``detach_injection``)."""
         logits_c, logits_h, grid = self.predict(feat, score)
-        codes = self.codebook.decode(logits_c, logits_h,
-                                     self.mode if self.training or self.mode == "continuous" else "hard")
+        codes = self.decode(logits_c, logits_h)
         return PluginOutput(self.inject(codes, z, detach_injection), logits_c, logits_h, codes, grid)
+
+    def decode(self, logits_c: torch.Tensor, logits_h: torch.Tensor) -> torch.Tensor:
+        """Codes for the index logits: while training, by :attr:`mode`; at inference the most likely codes, or with
+        ``code_temperature: T`` > 0 the softmax mixture of each codebook at temperature T (between the most likely
+        code, T -> 0, and the predicted distribution's mean code, T = 1)."""
+        if self.training or self.mode == "continuous":
+            return self.codebook.decode(logits_c, logits_h, self.mode)
+        temperature = self.cfg["code_temperature"]
+        if temperature:
+            return self.codebook.decode(logits_c / temperature, logits_h / temperature, "continuous")
+        return self.codebook.decode(logits_c, logits_h, "hard")
 
     def inject(self, codes: torch.Tensor, z: torch.Tensor, detach_injection: bool = False) -> torch.Tensor:
         """``z + U(W_o (q - Q(z)))`` for (B, N, C) codes ``q`` on the code grid of ``z``. With

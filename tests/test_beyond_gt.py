@@ -220,7 +220,11 @@ def test_patch_and_stage_iters_train_their_own_plugins():
     assert weighted["quality"][1]["path:pretrain_network_g"] == "experiments/bgt_sw_pixel_k7_s800_pw10_predictor/models/net_g_latest.pth"
     assert {k: weighted[k] for k in controls} == {k: slower[k] for k in controls}  # the weight changes no control
     finer = beyond_gt.PluginChoice("pixel", 7, patch=2, norm="rank", quality_iters=200)
-    assert finer.tag == "_pixel_k7_p2_rank_q200" and finer.options["patch"] == 2
+    assert finer.tag == "_pixel_k7_p2_rank_q200" and finer.options["patch"] == 2 and "index_head" not in finer.options
+    similar = beyond_gt.PluginChoice("pixel", 7, patch=2, index_head="similarity")
+    assert similar.tag == "_pixel_k7_p2_sim" and similar.options["index_head"] == "similarity"
+    assert all(opt["network_g:plugin:index_head"] == "similarity"
+               for key, (_, opt) in beyond_gt.trainings("sw", iters, choice=similar).items() if key not in controls)
     assert all(opt["network_g:plugin:patch"] == 2
                for key, (_, opt) in beyond_gt.trainings("sw", iters, choice=finer).items() if key not in controls)
 
@@ -265,7 +269,8 @@ def test_an_interrupted_rank_scoring_is_normalised_again(tmp_path):
                                                    ("--quality-iters", "0", "a positive integer, got 0"),
                                                    ("--top-copies", "0", "a positive integer, got 0"),
                                                    ("--predictor-lr", "0", "strictly between 0 and 1, got 0.0"),
-                                                   ("--predictor-pixel-weight", "-1", "positive, got -1.0")])
+                                                   ("--predictor-pixel-weight", "-1", "positive, got -1.0"),
+                                                   ("--code-temperature", "-1", ">= 0")])
 def test_bad_plugin_choice_is_refused_before_any_work(tmp_path, flag, value, message):
     with pytest.raises(SystemExit, match=f"{flag} must be {message}"):
         beyond_gt.main(["--data", str(tmp_path / "none"), "--out", str(tmp_path), flag, value])
@@ -372,10 +377,11 @@ def test_tiny_run_on_bundled_crops(hq, tmp_path):
     assert sorted(minmax, key=minmax.get) == sorted(ranks, key=ranks.get)  # the same order, so the same top sets
     assert min(ranks.values()) == 0.0 and max(ranks.values()) == 1.0
 
-    # --split development in the same folder: no training, the pristine copies of contaminated training images
+    # --split development in the same folder: no training, the pristine copies of contaminated training images;
+    # --code-temperature adds the same plug-in decoding its codes' softmax mixture, at every score
     trained = {p: p.stat().st_mtime_ns for p in experiments.glob("*/models/net_g_latest.pth")}
     proc = subprocess.run(cmd + ["--hosts", "swinir", "--no-ablations", "--codes", "pixel", "--norm", "rank",
-                                 "--top-copies", "2", "--split", "development"],
+                                 "--top-copies", "2", "--split", "development", "--code-temperature", "0.5"],
                           cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in experiments.glob("*/models/net_g_latest.pth")} == trained
@@ -387,6 +393,11 @@ def test_tiny_run_on_bundled_crops(hq, tmp_path):
     assert not {p.name for p in links} & set(manifest["heldout"])
     assert development["meta"]["split"] == "development" and development["meta"]["n_evaluated"] == len(links) == 6
     assert all(stat["n"] == 6 for stat in development["families"]["swinir"]["results"]["host"].values())
+    mixture = beyond_gt.MIXTURE.format(0.5)
+    assert {f"{mixture} @{s}" for s in beyond_gt.SCORES} <= set(development["families"]["swinir"]["results"])
+    assert set(development["families"]["swinir"]["targets"]["mixture"][mixture]) >= {
+        "1 the score steers", "3 it holds up against filtering"}
+    assert f"Targets for {mixture}" in (out / "beyond_gt_development.md").read_text()
     assert "development split" in (out / "beyond_gt_development.md").read_text()
     assert (out / "grid_swinir_development.png").exists() and (out / "sweep_development.png").exists()
     assert json.loads((out / "beyond_gt.json").read_text())["meta"]["split"] == "heldout"  # the held-out run's, kept

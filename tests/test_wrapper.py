@@ -260,6 +260,35 @@ def test_inject_kernel_and_depth_set_how_far_one_code_reaches(kernel, depth):
             IQPPlugin(8, **{**TINY_PLUGIN, "inject_depth": bad})
 
 
+def test_code_temperature_decodes_the_softmax_mixture_at_inference_only():
+    """code_temperature T > 0: at inference each pixel's code is softmax(logits / T) @ C (the most likely code
+    as T -> 0); training still decodes straight-through; negative or non-numeric values are refused."""
+    net, b, argmax = perturbed_swinir_plugin(torch.rand(1, 3, 16, 16), codes="pixel")
+    plugin = net.plugin.eval()
+    codebook = plugin.codebook
+    with torch.no_grad():
+        assert torch.equal(plugin(b.feat, b.z, 0.9).codes, argmax.codes)  # T = 0, the default: the argmax codes
+        plugin.cfg["code_temperature"] = 0.5
+        mixed = plugin(b.feat, b.z, 0.9)
+        expected = ((argmax.logits_common / 0.5).softmax(-1) @ codebook.common.weight
+                    + codebook.hq_weight * (argmax.logits_hq / 0.5).softmax(-1) @ codebook.hq.weight)
+        assert torch.allclose(mixed.codes, expected, atol=1e-5)
+        assert not torch.allclose(mixed.codes, argmax.codes, atol=1e-3)
+        assert torch.allclose(mixed.z, plugin.inject(expected, b.z), atol=1e-5)
+        plugin.cfg["code_temperature"] = 1e-3  # pixels whose two best codes differ clearly in both codebooks: argmax
+        clear = torch.ones(argmax.codes.shape[:2], dtype=torch.bool)
+        for logits in (argmax.logits_common, argmax.logits_hq):
+            top2 = logits.topk(2, dim=-1).values
+            clear &= top2[..., 0] - top2[..., 1] > 0.02
+        assert clear.float().mean() > 0.5
+        assert torch.allclose(plugin(b.feat, b.z, 0.9).codes[clear], argmax.codes[clear], atol=1e-5)
+        plugin.train()
+        assert torch.allclose(plugin(b.feat, b.z, 0.9).codes, argmax.codes, atol=1e-5)  # straight-through: hard forward
+    for bad in (-0.5, "0.5", True):
+        with pytest.raises(ValueError, match="code_temperature must be a number >= 0"):
+            IQPPlugin(8, **{**TINY_PLUGIN, "code_temperature": bad})
+
+
 def test_transformer_is_built_from_timm_layers():
     plugin = IQPPlugin(24, **TINY_PLUGIN)
     kinds = {type(m).__module__.split(".")[0] for m in plugin.blocks[0].modules()}
