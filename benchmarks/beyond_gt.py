@@ -134,7 +134,7 @@ NORMS = {"minmax": ("data/train_scores.csv", ""), "rank": ("data/train_scores_ra
 @dataclass(frozen=True)
 class PluginChoice:
     """The plug-in's ``--codes`` (a key of :data:`CODES`), ``--inject-kernel``, ``--inject-depth``, ``--patch``, the
-    scores' ``--norm``, ``--quality-iters``, ``--top-copies``, ``--predictor-iters``, ``--predictor-lr`` and
+    scores' ``--norm``, ``--quality-iters``, ``--top-copies``, ``--predictor-iters``, ``--predictor-lr``,
     ``--predictor-pixel-weight`` and ``--index-head``: the options
     they set over the configs', and the tag they add to the plug-in trainings' names (``_k<K>`` for a kernel other than
     1, ``_d<D>`` for a depth other than 1, ``_p<P>`` for a patch other than the config's, ``_rank`` for rank-normalised
@@ -641,7 +641,8 @@ def spearman(x: list[float], y: list[float]) -> float:
 
 def targets(per_image: dict, results: dict) -> dict:
     """The issue's four targets at budget small, each with its numbers and 'met', for the configs' plug-in,
-    and targets 1-3 again for the teacher-forced one where it was evaluated (with the ablations). Verdicts:
+    and targets 1-3 again for the teacher-forced one where it was evaluated (with the ablations) and, under
+    "mixture", for the plug-in decoding its codes' mixture (``--code-temperature``). Verdicts:
     paired differences beyond NOISE_SE standard errors, with no relative floor (``rtol=0``: 100 images resolve
     small differences)."""
     iqp = f"host + IQP @{TARGET}"
