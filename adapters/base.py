@@ -55,6 +55,8 @@ class HostAdapter:
     #: input sides that are multiples of this need no padding inside the host (e.g. an attention window);
     #: tiles are cut to multiples of it
     size_multiple: int = 1
+    #: the recipe (:data:`iqp_plugin.recipes.RECIPES`) whose plug-in ``plugin: {}`` builds on this host
+    default_recipe: ClassVar[str] = "pixel"
 
     def __init__(self, host: nn.Module):
         self.host = host

@@ -58,6 +58,7 @@ class CodeFormerAdapter(HostAdapter):
     image_range = (-1.0, 1.0)
     host_args = {"w": "CodeFormer's fidelity weight"}
     input_size = 512
+    default_recipe = "lean"  # a codebook face host: the lean plug-in (no benchmark row yet)
 
     @classmethod
     def from_descriptor(cls, descriptor, **opt) -> CodeFormerAdapter:

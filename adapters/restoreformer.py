@@ -75,6 +75,7 @@ class RestoreFormerAdapter(HostAdapter):
     #: rebuild them (configure ``RestoreFormerPP`` by hand)
     spandrel_ids = ("RestoreFormer",)
     image_range = (-1.0, 1.0)
+    default_recipe = "lean"  # a codebook face host: the lean plug-in (no benchmark row yet)
 
     @property
     def input_size(self) -> int:

@@ -76,6 +76,28 @@ def prepare(source: str | Path, work: Path, *, train: int, heldout: int, fractio
     return json.loads(manifest_path.read_text())  # as a rerun reads it
 
 
+def external(source: str | Path, work: Path, size: int) -> Path:
+    """WORK/data/eval: every image of ``source`` (any folder of pristine images, none of the training data), its
+    central square resized to ``size`` as PNG, for ``beyond_gt.py --eval``. Rewritten when ``source`` changes.
+    Returns the folder."""
+    source, folder = Path(source).resolve(), work / "data" / "eval"
+    names = list_images(source)
+    if not names:
+        raise SystemExit(f"--eval {source}: no images there (PNG, JPEG, ...); name a folder of pristine images")
+    stamp = folder / "source.txt"
+    if stamp.exists() and stamp.read_text() == str(source):
+        return folder
+    for old in folder.glob("*.png"):
+        old.unlink()
+    png = {n: Path(n).with_suffix(".png").as_posix() for n in names}
+    if len(set(png.values())) < len(names):
+        raise SystemExit(f"--eval {source}: two images share a name stem; rename one")
+    for name in names:
+        _png(folder / png[name], (fit_square(read_image(source / name), size, "resize") * 255).round().astype(np.uint8))
+    write_atomic(stamp, str(source))
+    return folder
+
+
 def development(work: Path, manifest: dict, count: int = DEVELOPMENT) -> Path:
     """WORK/data/development: links to the pristine copies of the first ``count`` contaminated training images
     (manifest order), each degraded once for evaluation. Their contaminated copies were trained on (and, with

@@ -11,15 +11,18 @@ Hosts (random, seeded weights; batch 1; fp32):
 Cases, per host:
 
 * ``host``: the host module's own forward (the user's baseline);
-* ``plugin``: ``IQPWrapper(plugin={})``, the default ``lean`` preset (which borrows the host's codebook
-  where it has one), score = the plug-in's inference target;
-* ``plugin_standard``: the ``standard`` preset (the first default: per-block adaLN, dense index heads,
-  two 1024-code codebooks of its own), for the ablation;
+* ``plugin``: ``IQPWrapper(plugin={})``, i.e. the host adapter's ``default_recipe`` (see
+  :mod:`iqp_plugin.recipes`): ``lean`` on CodeFormer and RestoreFormer (adaLN-single, similarity index heads,
+  the host's own codebook borrowed), ``pixel`` on SwinIR (per-block adaLN, dense index heads, two 1024-code
+  codebooks of its own, a code per bottleneck pixel, a 7x7 injection); score = the plug-in's inference target;
+* ``plugin_other``: the other recipe on the same host (``pixel`` on the face hosts, ``lean`` on SwinIR), so
+  that both recipes are reported side by side; the JSON (``recipes`` per host, ``recipe`` per variant) and the
+  markdown name the recipe of each case;
 * ``plugin_graphed`` (CUDA only): ``plugin`` replayed as a CUDA graph (:mod:`iqp_plugin.graphs`); its outputs
   are checked against the eager plug-in's on the same bottleneck;
 * training step (Adam lr 1e-4, L1 loss between the output and a random target, then ``zero_grad``):
   ``full`` fine-tunes every host parameter through the host's own forward (host in train mode);
-  ``plugin``/``plugin_standard`` train the plug-in only, host frozen and in eval mode, as
+  ``plugin``/``plugin_other`` train the plug-in only, host frozen and in eval mode, as
   ``IQPWrapper``/``IQPModel`` do (the L1 loss back-propagates through the frozen host decoder, the
   costliest plug-in step: stage 3 of IQPModel), with the default ``recompute_decoder: true``;
   ``plugin_stored`` is ``plugin`` with ``recompute_decoder: false`` (every decoder activation stored).
@@ -120,8 +123,14 @@ def _setup(spec: dict):
     return torch
 
 
+def other_recipe(default: str) -> str:
+    """The recipe that ``plugin_other`` measures: the first of :data:`RECIPES` that is not the host's default."""
+    from iqp_plugin.recipes import RECIPES
+    return next(name for name in RECIPES if name != default)
+
+
 def _build(spec: dict):
-    """The wrapper (host + default plug-in) and the extra plug-ins of this host, seeded."""
+    """The wrapper (host + its default recipe's plug-in) and the extra plug-ins of this host, seeded."""
     torch = _setup(spec)
     from iqp_plugin import IQPWrapper
     from iqp_plugin.plugin import IQPPlugin
@@ -132,8 +141,8 @@ def _build(spec: dict):
     plugins = {"plugin": wrapper.plugin}
     torch.manual_seed(0)
     host_codebook = wrapper.adapter.codebook if wrapper.adapter.codebook() is not None else None
-    plugins["plugin_standard"] = IQPPlugin(wrapper.adapter.channels, host_codebook=host_codebook,
-                                           **{**plugin_opt, "preset": "standard"})
+    plugins["plugin_other"] = IQPPlugin(wrapper.adapter.channels, host_codebook=host_codebook,
+                                        **{**plugin_opt, "preset": other_recipe(wrapper.plugin.cfg["preset"])})
     device = torch.device(spec["device"])
     wrapper.to(device)
     for p in plugins.values():
@@ -150,15 +159,23 @@ def _image(torch, size: int, rng: tuple[float, float], device, batch: int, seed:
 def _param_counts(wrapper, plugins) -> dict:
     from iqp_plugin.codebook import Codebook
     host = sum(p.numel() for p in wrapper.host.parameters())
-    out = {"host": host, "variants": {}}
+    out = {"host": host, "recipes": recipes_of(plugins), "variants": {}}
     for name, plugin in plugins.items():
         trainable = sum(p.numel() for p in plugin.parameters() if p.requires_grad)
         codebooks = sum(m.embed.numel() for m in plugin.modules() if isinstance(m, Codebook))
         state = sum(v.numel() for v in plugin.state_dict().values())
-        out["variants"][name] = {"trainable": trainable, "codebook_entries": codebooks,
+        out["variants"][name] = {"recipe": plugin.cfg["preset"], "trainable": trainable, "codebook_entries": codebooks,
                                  "added": trainable + codebooks, "ratio": (trainable + codebooks) / host,
                                  "checkpoint_values": state}
     return out
+
+
+def recipes_of(plugins: dict) -> dict[str, str]:
+    """The recipe of every measured case that runs a plug-in (``plugin_graphed``/``plugin_stored`` run
+    ``plugin``'s)."""
+    default = plugins["plugin"].cfg["preset"]
+    return {**{name: p.cfg["preset"] for name, p in plugins.items()}, "plugin_graphed": default,
+            "plugin_stored": default}
 
 
 def worker_params(spec: dict) -> dict:
@@ -228,7 +245,8 @@ def worker_infer(spec: dict) -> dict:
     for name, r in runs.items():
         live = tensor_bytes(module_tensors(host, None if name == "host" else plugins.get(name, plugins["plugin"])) + [x])
         growth = max(r["growth"])
-        variants[name] = {"times_s": r["times"], "median_s": median(r["times"]), "min_s": min(r["times"]),
+        variants[name] = {"recipe": recipes_of(plugins).get(name), "times_s": r["times"],
+                          "median_s": median(r["times"]), "min_s": min(r["times"]),
                           "live_bytes": live, "growth_bytes": growth, "peak_bytes": live + growth}
         if name in alone:
             variants[name]["plugin_alone_s"] = median(alone[name]["times"])
@@ -362,7 +380,8 @@ def worker_train(spec: dict) -> dict:
         io = tensor_bytes([x, gt])
         growth = max(r["growth"])
         trainable = sum(p.numel() for p in opts[name].state)  # parameters the loss gives a gradient
-        variants[name] = {"times_s": r["times"], "median_s": median(r["times"]), "trainable_params": trainable,
+        variants[name] = {"recipe": recipes_of(plugins).get(name), "times_s": r["times"],
+                          "median_s": median(r["times"]), "trainable_params": trainable,
                           "weights_bytes": weights, "optimizer_state_bytes": opt_state, "io_bytes": io,
                           "growth_bytes": growth, "peak_bytes": weights + opt_state + io + growth}
     base = variants["full"]
@@ -490,6 +509,14 @@ def spawn(spec: dict, device: str) -> dict:
         return json.loads(result.read_text())
 
 
+def variant_label(variant: str, recipes: dict | None) -> str:
+    """``variant`` with its recipe, e.g. ``plugin (pixel, the default)``, ``plugin_other (lean)``."""
+    recipe = (recipes or {}).get(variant)
+    if not recipe:
+        return variant
+    return f"{variant} ({recipe}, the default)" if variant == "plugin" else f"{variant} ({recipe})"
+
+
 def evaluate_targets(results: dict, budget: str) -> list[dict]:
     rows = []
 
@@ -500,12 +527,14 @@ def evaluate_targets(results: dict, budget: str) -> list[dict]:
 
     for host in HOSTS:
         params = results.get(host, {}).get("params")
-        value = params["variants"]["plugin"]["ratio"] if params else None
-        add(f"{host} added parameters / host parameters (plugin, the lean default)", value,
-            TARGETS["added_params"][host], {"host": host, "phase": "params"},
-            f"standard preset: {params['variants']['plugin_standard']['ratio']:.1%}" if params else "")
+        recipes = results.get(host, {}).get("recipes")
+        for variant in ("plugin", "plugin_other"):
+            value = params["variants"][variant]["ratio"] if params and "variants" in params else None
+            add(f"{host} added parameters / host parameters ({variant_label(variant, recipes)})", value,
+                TARGETS["added_params"][host], {"host": host, "phase": "params"})
     infer = results.get("codeformer", {}).get("inference", {})
-    for variant in ("plugin", "plugin_standard", "plugin_graphed"):
+    recipes = results.get("codeformer", {}).get("recipes")
+    for variant in ("plugin", "plugin_other", "plugin_graphed"):
         v = infer.get("variants", {}).get(variant, {})
         if variant == "plugin_graphed" and not v:
             continue  # CUDA only
@@ -520,18 +549,20 @@ def evaluate_targets(results: dict, budget: str) -> list[dict]:
             if variant == "plugin_graphed":
                 note += f"; max |graph - eager| {infer['max_abs_diff_graphed_vs_eager']:.1e} (limit 1e-5)"
         limit = TARGETS["latency_graphed"] if variant == "plugin_graphed" else TARGETS["latency"]
-        add(f"codeformer 512x512 inference latency ratio ({variant})", v.get("latency_ratio"), limit,
-            {"host": "codeformer", "phase": "inference"}, note)
+        add(f"codeformer 512x512 inference latency ratio ({variant_label(variant, recipes)})", v.get("latency_ratio"),
+            limit, {"host": "codeformer", "phase": "inference"}, note)
     for host in HOSTS:
         train = results.get(host, {}).get("training", {})
-        for variant in ("plugin", "plugin_standard"):
+        recipes = results.get(host, {}).get("recipes")
+        for variant in ("plugin", "plugin_other"):
             v = train.get("variants", {}).get(variant, {})
             note = ""
             if v:
                 full = train["variants"]["full"]
                 note = (f"{fmt_bytes(v['peak_bytes'])} vs {fmt_bytes(full['peak_bytes'])}; growth during the step "
                         f"{fmt_bytes(v['growth_bytes'])} vs {fmt_bytes(full['growth_bytes'])}")
-            add(f"{host} plug-in-only training step peak memory / full fine-tuning ({variant})", v.get("memory_ratio"),
+            add(f"{host} plug-in-only training step peak memory / full fine-tuning ({variant_label(variant, recipes)})",
+                v.get("memory_ratio"),
                 TARGETS["train_memory"], {"host": host, "phase": "training"}, note)
     return rows
 
@@ -548,8 +579,9 @@ def render_markdown(data: dict) -> str:
         if not params:
             continue
         for variant, v in params["variants"].items():
-            rows.append([host, fmt_count(params["host"]), variant, fmt_count(v["added"]), fmt_count(v["trainable"]),
-                         fmt_count(v["codebook_entries"]), f"{v['ratio']:.1%}", fmt_count(v["checkpoint_values"])])
+            rows.append([host, fmt_count(params["host"]), variant_label(variant, res.get("recipes")),
+                         fmt_count(v["added"]), fmt_count(v["trainable"]), fmt_count(v["codebook_entries"]),
+                         f"{v['ratio']:.1%}", fmt_count(v["checkpoint_values"])])
     lines += ["## Parameters", "", markdown_table(
         ["host", "host params", "variant", "added (trainable + codebooks)", "trainable", "codebook entries",
          "added / host", "plug-in checkpoint values"], rows), ""]
@@ -559,7 +591,8 @@ def render_markdown(data: dict) -> str:
         if not inf or "variants" not in inf:
             continue
         for variant, v in inf["variants"].items():
-            rows.append([host, "x".join(map(str, inf["input"][2:])), variant, fmt_seconds(v["median_s"]),
+            rows.append([host, "x".join(map(str, inf["input"][2:])), variant_label(variant, res.get("recipes")),
+                         fmt_seconds(v["median_s"]),
                          fmt_ratio(v["latency_ratio"]), fmt_ratio(v.get("latency_ratio_min")),
                          fmt_seconds(v.get("plugin_alone_s")), fmt_ratio(v.get("latency_ratio_from_parts")),
                          fmt_bytes(v["peak_bytes"]), fmt_ratio(v["memory_ratio"]), len(v["times_s"])])
@@ -576,7 +609,8 @@ def render_markdown(data: dict) -> str:
             continue
         notes += tr.get("notes", [])
         for variant, v in tr["variants"].items():
-            rows.append([host, "x".join(map(str, tr["input"][2:])), variant, fmt_count(v["trainable_params"]),
+            rows.append([host, "x".join(map(str, tr["input"][2:])), variant_label(variant, res.get("recipes")),
+                         fmt_count(v["trainable_params"]),
                          fmt_seconds(v["median_s"]), fmt_ratio(v["time_ratio"]), fmt_bytes(v["peak_bytes"]),
                          fmt_ratio(v["memory_ratio"]),
                          f"{fmt_bytes(v['weights_bytes'])} / {fmt_bytes(v['optimizer_state_bytes'])} / "
@@ -675,6 +709,7 @@ def main(argv=None) -> int:
             results[host] = {"params": inf.pop("params", None), "inference": inf}
         else:
             results[host] = {"params": spawn({**spec, "phase": "params"}, args.device)}
+        results[host]["recipes"] = (results[host]["params"] or {}).get("recipes")
         if "training" in phases:
             log(f"== {host}: training step ({time.time() - start:.0f} s elapsed)")
             results[host]["training"] = spawn({**spec, "phase": "training"}, args.device)
@@ -687,7 +722,8 @@ def main(argv=None) -> int:
         "memory": "CUDA: max_memory_allocated growth" if args.device == "cuda"
         else "CPU: resident-set high-water-mark growth, VmHWM reset via /proc/self/clear_refs",
         "configs": {h: HOST_CONFIGS[budget["configs"]][h] for h in hosts},
-        "plugin": TINY_PLUGIN if budget["configs"] == "tiny" else "the lean default and the standard preset",
+        "plugin": ("each host's default recipe (plugin) and the other recipe (plugin_other)"
+                   + (f", with the sizes {TINY_PLUGIN}" if budget["configs"] == "tiny" else "")),
         "budget_settings": budget, "targets": TARGETS, "notes": [],
         "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start))},
         "results": results}
@@ -705,8 +741,9 @@ def main(argv=None) -> int:
                 continue
             if where["phase"] == "params":
                 p = results[where["host"]]["params"]["variants"]
-                profiles[key] = {"dominant": ", ".join(f"{n}: {fmt_count(v['trainable'])} trainable + "
-                                                       f"{fmt_count(v['codebook_entries'])} codebook entries"
+                recipes = results[where["host"]].get("recipes")
+                profiles[key] = {"dominant": ", ".join(f"{variant_label(n, recipes)}: {fmt_count(v['trainable'])} "
+                                                       f"trainable + {fmt_count(v['codebook_entries'])} codebook entries"
                                                        for n, v in p.items())}
                 continue
             log(f"== target missed: {t['target']}; profiling {key}")

@@ -1,21 +1,23 @@
 """``make demo``: the whole IQP flow end to end on CPU, from nothing (no weights, no download).
 
     python -m iqp_plugin.demo [--out demo_out] [--host-checkpoint F [--host-opt YAML|JSON]] [--images DIR]
-                              [--contaminate F] [--lq-from pristine|target] [--fast]
+                              [--contaminate F] [--lq-from pristine|target] [--recipe NAME] [--fast]
 
 1. data       crops of scikit-image's bundled photos -> OUT/data/hq (training GT) and OUT/data/heldout_hq
               (crops of two other photos, for evaluation); ``--images DIR`` uses your folder instead
               (every 8th image held out). Mixed-quality GT is simulated: a seeded ``--contaminate`` fraction
-              (0.35) of the training GT is replaced by blurred, resampled, JPEG-compressed copies; the pristine
+              (0.5) of the training GT is replaced by blurred, resampled, JPEG-compressed copies; the pristine
               copies (OUT/data/hq_pristine) and the held-out images are never trained on as targets. With
               ``--lq-from pristine`` (the default) each training input is degraded from its target's pristine
               copy, so that a soft target does not come with a softer input: only the score tells them apart
-2. score      ``iqp score --norm rank`` with the offline NIQE prior -> OUT/data/hq_scores.csv (and
-              heldout_hq_scores.csv): each image's rank among the scored ones, so that the score steers over its
-              whole range; images the prior cannot score (flat crops) are set aside in OUT/data/unscored
+2. score      ``iqp score`` with the offline NIQE prior, normalised as the recipe says (``--norm rank``: each
+              image's rank among the scored ones) -> OUT/data/hq_scores.csv (and heldout_hq_scores.csv); images
+              the prior cannot score (flat crops) are set aside in OUT/data/unscored
 3. host       ``iqp train -opt configs/demo/host_swinir.yml``: a small SwinIR x1 (noise and JPEG removal)
               trained from scratch by BasicSR's SRModel on the mixed GT (skipped with ``--host-checkpoint``)
-4-6. codebook, predictor, quality: the three plug-in stages (configs/demo/{codebook,predictor,quality}.yml)
+4-6. codebook, predictor, quality: the three plug-in stages (configs/demo/{codebook,predictor,quality}.yml) with
+              the named recipe's plug-in, data and stage-2 options (``--recipe``, iqp_plugin/recipes.py: the ones
+              the benchmark measured and ``plugin: {}`` gives a SwinIR host)
 7. compare    the held-out split's seeded degraded inputs and pristine GT -> OUT/data/heldout_{lq,gt}; then
               ``iqp compare`` with OUT/wrapper.yml (host + plug-in), the plug-in asked for scores 0.1 to 0.95
               -> OUT/report/index.html (grids input | host | host + IQP | pristine GT, the metrics against the
@@ -49,7 +51,8 @@ from iqp_plugin.contamination import write_mixed
 from iqp_plugin.datasets import IQPDegradedDataset, list_images, read_image
 from iqp_plugin.files import write_atomic
 from iqp_plugin.options import read_options
-from iqp_plugin.sample_data import PHOTOS, write_crops
+from iqp_plugin.recipes import RECIPES
+from iqp_plugin.sample_data import write_crops
 from iqp_plugin.score_files import sidecar_path
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"
@@ -60,6 +63,10 @@ SWEEP = (0.1, 0.3, 0.5, 0.7, 0.95)
 CROP = 192
 #: Photos whose crops are kept for evaluation only: the held-out images show scenes never trained on.
 HELDOUT_PHOTOS = ("chelsea", "coffee")
+#: Photos whose crops are the training targets: those whose pristine crops NIQE ranks above their contaminated
+#: ones. On rocket, hubble_deep_field and retina the prior's level follows the content (their pristine crops rank
+#: as low as other photos' contaminated ones), so that a score there asks for a content as much as for a quality.
+TRAINING_PHOTOS = ("astronaut", "motorcycle_left", "immunohistochemistry")
 #: Training crops (of the other photos), held-out crops (of HELDOUT_PHOTOS) and iterations per config
 #: (None: as in the config) of each budget.
 BUDGETS = {
@@ -82,11 +89,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--host-opt", help="its arch options: a YAML/JSON file (bare or with network_g) or inline JSON "
                                       "(default: the demo host of configs/demo/host_swinir.yml)")
     p.add_argument("--images", help="your HQ image folder instead of the bundled photos")
-    p.add_argument("--contaminate", type=float, default=0.35,
+    p.add_argument("--contaminate", type=float, default=0.5,
                    help="fraction of the training images replaced by lower-quality copies (0: train on them as they are)")
     p.add_argument("--lq-from", choices=LQ_FROM, default="pristine",
                    help="what each training input is degraded from: the pristine copy of its target (the input then "
                         "does not show the target's quality; only the score does) or the target itself")
+    p.add_argument("--recipe", choices=RECIPES, default="pixel",
+                   help="the plug-in's named recipe (iqp_plugin/recipes.py; default: pixel, the benchmark's)")
     p.add_argument("--fast", action="store_true", help="minimal budget (tests)")
     args = p.parse_args(argv)
     if args.host_opt and not args.host_checkpoint:
@@ -145,7 +154,7 @@ def make_data(out: Path, images: str | None, budget: dict, contaminate: float) -
     else:
         src = out / "data" / "bundled"
         train = [p.name for p in write_crops(src, budget["crops"], CROP, seed=0,
-                                             photos=[p for p in PHOTOS if p not in HELDOUT_PHOTOS])]
+                                             photos=TRAINING_PHOTOS)]
         write_crops(held, budget["heldout"], CROP, seed=1, photos=HELDOUT_PHOTOS)
     targets = {Path(n).with_suffix(".png").as_posix(): n for n in train}
     if len(targets) < len(train):
@@ -176,8 +185,9 @@ def run_iqp(args: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess
     return done
 
 
-def score(out: Path) -> str:
-    """Step 2: offline-prior scores of the training and held-out images -> OUT/data/<folder>_scores.csv.
+def score(out: Path, norm: str) -> str:
+    """Step 2: offline-prior scores of the training and held-out images, normalised by ``norm`` (``iqp score
+    --norm``) -> OUT/data/<folder>_scores.csv.
 
     Images the prior cannot score (flat crops, e.g. the black border of the retina photo) are moved to
     OUT/data/unscored, so that every training target has a score.
@@ -186,7 +196,7 @@ def score(out: Path) -> str:
     for folder in ("hq", "heldout_hq"):
         csv = f"data/{folder}_scores.csv"
         if not (out / csv).exists():
-            run_iqp(["score", "-i", f"data/{folder}", "-o", csv, "--metrics", "niqe", "--norm", "rank"], out)
+            run_iqp(["score", "-i", f"data/{folder}", "-o", csv, "--metrics", "niqe", "--norm", norm], out)
             status = "ran"
         for failed in json.loads(sidecar_path(out / csv).read_text())["failed"]:
             path, aside = (out / "data" / sub / folder / failed["imagename"] for sub in ("", "unscored"))
@@ -281,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     if host_ckpt and not host_ckpt.is_file():
         raise FileNotFoundError(f"--host-checkpoint not found: {host_ckpt}")
     host_opt = load_host_opt(args.host_opt) if args.host_opt else None
-    check_stamp(out, {"fast": args.fast, "contaminate": args.contaminate, "lq_from": args.lq_from,
+    check_stamp(out, {"fast": args.fast, "contaminate": args.contaminate, "lq_from": args.lq_from, "recipe": args.recipe,
                       "images": args.images and str(Path(args.images).resolve()),
                       "host_checkpoint": host_ckpt and str(host_ckpt), "host_opt": host_opt})
 
@@ -293,14 +303,18 @@ def main(argv: list[str] | None = None) -> None:
         return {**({"train:total_iter": n, "logger:print_freq": 1} if n else {}),
                 **({"datasets:train:dataroot_source": source} if source else {})}
 
+    recipe = RECIPES[args.recipe]
+    data = {"datasets:train:top_copies": recipe.top_copies, "datasets:train:top_percent": recipe.top_percent}
+    sides = {"codebook": {"train:hq_top_percent": recipe.top_percent}, "predictor": {**data, "train:optim_g:lr": recipe.predictor_lr}, "quality": data}
     opts = {"host_swinir": stage_options("host_swinir", overrides("host_swinir"))}
     host_ckpt = host_ckpt or checkpoint(out, opts["host_swinir"])
     arch = host_opt or opts["host_swinir"]["network_g"]  # the stages wrap exactly the host that was trained
     for c in STAGES:
-        opts[c] = stage_options(c, {**overrides(c), "network_g:host": arch, "network_g:host_checkpoint": str(host_ckpt),
+        opts[c] = stage_options(c, {**overrides(c), **sides[c], "network_g:plugin:preset": args.recipe,
+                                    "network_g:host": arch, "network_g:host_checkpoint": str(host_ckpt),
                                     "scale": int(arch.get("upscale", arch.get("scale", 1)))})
     steps = [("data", "HQ targets and held-out images", lambda: make_data(out, args.images, budget, args.contaminate)),
-             ("score", "offline prior (NIQE) scores of the HQ targets", lambda: score(out)),
+             ("score", "offline prior (NIQE) scores of the HQ targets", lambda: score(out, recipe.norm)),
              ("host", "train the demo host (small SwinIR x1, BasicSR SRModel)",
               lambda: "given" if args.host_checkpoint else train(out, "host_swinir", opts["host_swinir"])),
              *[(c, f"plug-in stage {i + 1}/3", lambda c=c: train(out, c, opts[c])) for i, c in enumerate(STAGES)],

@@ -35,9 +35,9 @@ class GraphedPlugin(nn.Module):
         return (feat.is_cuda and not self.plugin.training and not torch.is_grad_enabled()
                 and (score is None or isinstance(score, (int, float))))
 
-    def forward(self, feat: torch.Tensor, z: torch.Tensor, score=None, detach_injection: bool = False) -> PluginOutput:
-        if detach_injection or not self.graphable(feat, score):
-            return self.plugin(feat, z, score, detach_injection)
+    def forward(self, feat: torch.Tensor, z: torch.Tensor, score=None) -> PluginOutput:
+        if not self.graphable(feat, score):
+            return self.plugin(feat, z, score)
         key = (tuple(feat.shape), tuple(z.shape), feat.dtype, z.dtype, feat.device, score)
         if key not in self._graphs:
             self._graphs[key] = self._capture(feat, z, score)

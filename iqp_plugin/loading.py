@@ -77,7 +77,9 @@ def load_wrapper(net: dict, plugin_file: str | None = None, device: str | torch.
             wrapper.load_plugin_state_dict(state)
         except RuntimeError as err:
             first = str(err).strip().splitlines()[:4]
-            raise ValueError(f"{plugin_file} does not fit the plug-in built from {net['plugin']}: "
+            hint = ("" if "preset" in net["plugin"] else " (a plug-in saved before the recipes, 2026-12-06, was "
+                    "the lean preset: add preset: lean to its plugin options)")
+            raise ValueError(f"{plugin_file} does not fit the plug-in built from {net['plugin']}{hint}: "
                              + " ".join(first)) from err
     if wrapper.plugin is not None:
         wrapper.plugin.cache_condition = True  # weights are fixed from here on

@@ -11,7 +11,6 @@
       ce_hq_weight: 0.5
       feat_weight: 1.0           # MSE between predicted codes and the GT's codes
       pixel_opt: {type: L1Loss, loss_weight: 0.1}   # optional, on the decoded image
-      teacher_forcing: false     # stage 2: W_o learns from the GT's own codes, the Transformer from its predicted ones
       quality_opt: {type: QualityLoss, metrics: [niqe], loss_weight: 0.15}   # stage 3
       quality_mode: discrete     # or 'continuous' (the over-optimisation ablation)
       quality_trains: predictor  # stage 3 trains the code prediction only; 'plugin': W_o too (ablation)
@@ -24,14 +23,6 @@
 2. ``predictor``: LQ images, conditioned on their target's score, train the Transformer to predict
    the GT's code indices in both codebooks (cross-entropy) and their code features (MSE). Without
    ``datasets:train:score_csv`` every target gets the plug-in's default score, with a warning.
-   With ``teacher_forcing: true`` the injection ``W_o`` learns to decode the GT's own codes (``l_pix_teacher``,
-   as an autoencoder's decoder learns before a code predictor is trained), and the pixel loss on the
-   predicted codes reaches only the Transformer. Without it, ``W_o`` learns from the predicted codes and, while
-   they are unreliable, learns to ignore them. Measured on the beyond_gt SwinIR setups (benchmarks/README.md):
-   with it the output follows the score much more than without, and stays below the host: token codes follow it
-   mostly below the training scores' range (0.3 dB below the host with the default setup, 0.7 dB with
-   ``--lq-from pristine``); per-pixel codes within it (``--lq-from pristine``: 1.0 dB below the host at 0.95,
-   but as sharp as the oracle).
 3. ``quality``: stage 2's losses plus ``QualityLoss`` on the image decoded from the predicted codes
    at the inference target score; straight-through over the code choice ('discrete'), or with the
    plug-in output left unquantised ('continuous'). The injection ``W_o`` that turns codes into the host's
@@ -128,9 +119,6 @@ class IQPModel(BaseModel):
             warnings.warn(message)
             get_root_logger().warning(message)
         self.pixel_loss = build_loss(train_opt["pixel_opt"]).to(self.device) if train_opt.get("pixel_opt") else None
-        self.teacher_forcing = bool(train_opt.get("teacher_forcing", False))
-        if self.teacher_forcing and self.pixel_loss is None:
-            raise ValueError("train:teacher_forcing needs train:pixel_opt (the loss W_o learns from the GT's own codes by).")
         self.quality_loss = None
         if self.stage == "quality":
             if not train_opt.get("quality_opt"):
@@ -210,12 +198,8 @@ class IQPModel(BaseModel):
         train_opt = self.opt["train"]
         feats = self._gt_features()
         idx_c, idx_h, target_codes = self.plugin.codebook.targets(feats.flatten(0, 1))
-        teacher = self.teacher_forcing and self.plugin.out_conv.weight.requires_grad
-        out, aux = self.net_g.restore(self.lq, score=self.score, detach_injection=teacher)
+        out, aux = self.net_g.restore(self.lq, score=self.score)
         losses = OrderedDict()
-        if teacher:  # W_o learns to decode the GT's own codes; the losses on predicted codes train the predictor
-            losses["l_pix_teacher"] = self.pixel_loss(self.net_g.restore_from_codes(self.lq, target_codes.view(feats.shape)),
-                                                      self.gt)
         losses["l_ce_common"] = train_opt.get("ce_common_weight", 0.5) * F.cross_entropy(aux.logits_common.flatten(0, 1), idx_c)
         losses["l_ce_hq"] = train_opt.get("ce_hq_weight", 0.5) * F.cross_entropy(aux.logits_hq.flatten(0, 1), idx_h)
         losses["l_feat"] = train_opt.get("feat_weight", 1.0) * F.mse_loss(aux.codes.flatten(0, 1), target_codes)
@@ -271,7 +255,7 @@ class IQPModel(BaseModel):
                 "params": self.plugin.state_dict(),
                 "params_ema": self.plugin_ema.state_dict(),
                 "stage": self.stage,
-                "plugin_opt": self.opt["network_g"].get("plugin") or {},
+                "plugin_opt": {"preset": self.plugin.cfg["preset"], **(self.opt["network_g"].get("plugin") or {})},
                 "host": {"opt": self.opt["network_g"]["host"], "checkpoint": host_ckpt,
                          "sha256": file_sha256(host_ckpt) if host_ckpt else None},
             }

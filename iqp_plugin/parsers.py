@@ -36,9 +36,10 @@ def score() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="comma list of weights, one per metric (default: equal)")
     p.add_argument("--batch", type=int, default=16, help="images per batch (only same-size images share one)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--norm", choices=("minmax", "fixed", "rank"), default="minmax",
-                   help="map raw scores to [0,1] by the dataset's min-max, by pyiqa's nominal range, or by rank "
-                        "among the scored images (robust to long tails and outliers; 0.95 = as good as the best 5%%)")
+    p.add_argument("--norm", choices=("minmax", "fixed", "rank"), default="rank",
+                   help="map raw scores to [0,1] by rank among the scored images (the default, the recipes': robust to "
+                        "long tails and outliers; 0.95 = as good as the best 5%%), by the dataset's min-max (the IQPIR "
+                        "authors') or by pyiqa's nominal range")
     p.add_argument("--normalizer", metavar="SIDECAR", help="normalise with another run's constants (its .json "
                    "sidecar, e.g. the training set's), so that these images land on the same scale")
     p.add_argument("--summary", metavar="CSV", help="summarise a scores CSV instead of scoring")

@@ -1,22 +1,17 @@
 """The IQP plug-in: a quality-conditioned Transformer over a dual-branch codebook, injected at a host's
-bottleneck through zero-initialised output layers.
+bottleneck through a zero-initialised output layer.
 
 Notation: ``e`` = host encoder features and ``z`` = the host decoder's input at the bottleneck
 (both (B, C, H, W), see ``adapters.base.Bottleneck``); ``s`` in [0, 1]^M = quality score(s);
 ``P`` = adaptive average pooling to the token grid (gh, gw) (a fixed ``grid`` or ``H/patch``);
-``U`` = back from the grid to (H, W): a bilinear resize (the identity when the sizes agree), or, with
-``upsample: pixelshuffle``, a learned one: ``W_o`` gives ``C * p * p`` channels per token, rearranged into
-the token's p x p pixels (pixel shuffle, cropped to (H, W)), so that the correction can carry detail finer
-than the token grid (full-resolution hosts such as SwinIR; needs ``patch`` = p).
-``codes``: ``token`` (default) chooses one code per token; ``pixel`` one per bottleneck pixel, for
-full-resolution hosts whose detail lives in the pixels (needs ``patch`` = p): the Transformer still runs on the
-token grid, and a pixel head turns each final token into features for its p x p pixels. The codebooks then hold
-per-pixel features (``Q`` below is the identity) and the correction needs no ``U``.
+``U`` = a bilinear resize from the code grid back to (H, W) (the identity when the sizes agree).
+``codes``: ``token`` chooses one code per token; ``pixel`` one per bottleneck pixel, for full-resolution hosts
+whose detail lives in the pixels (needs ``patch`` = p): the Transformer still runs on the token grid, and a pixel
+head turns each final token into features for its p x p pixels. The codebooks then hold per-pixel features
+(``Q`` below is the identity) and the correction needs no ``U``.
 
 1. Tokens:     ``t = Linear(LN(P(e))) + pos``; ``pos`` is learned on a 16x16 grid and resampled.
-2. Condition:  ``binned`` (the authors' recipe, without their bin-10 overflow):
-               ``t += sum_m E_m[min(floor(n_bins * s_m), n_bins - 1)]``.
-               ``adaln`` (DiT adaLN-zero): ``c = MLP(Fourier(s))``; in every block
+2. Condition:  ``adaln`` (DiT adaLN-zero): ``c = MLP(Fourier(s))``; in every block
                ``x += g1 * Attn(LN(x) * (1 + a1) + b1)`` and ``x += g2 * MLP(LN(x) * (1 + a2) + b2)``
                with ``(a1, b1, g1, a2, b2, g2) = Linear(SiLU(c))``, zero-initialised.
                ``adaln_single`` (PixArt-alpha): the same blocks, but one ``Linear(SiLU(c))`` shared by all
@@ -33,14 +28,13 @@ per-pixel features (``Q`` below is the identity) and the correction needs no ``U
                ``soft = softmax(l) @ C``. At inference ``code_temperature: T`` > 0 decodes
                ``softmax(l / T) @ C`` instead of ``C[argmax l]``.
 5. Injection:  ``z' = z + U(W_o (q - Q(z)))``, ``Q`` = ``P`` (``codes: token``) or the identity
-               (``pixel``), with ``W_o`` a 1x1 convolution (``inject_kernel: k``: k x k, so that each
-               correction also sees its neighbours' codes; ``inject_depth: d``: d k x k convolutions with
-               GELU between, a small decoder of the code differences) whose last weight and bias start at
-               zero. Hence a fresh plug-in gives ``z' = z`` and the wrapper reproduces the host exactly; as ``W_o``
-               learns, ``z'`` moves from the host's own bottleneck towards the decoded codes. For hosts
-               that keep full-resolution features (SwinIR) the correction ``U(...)`` is added to, never
-               substituted for, the host's detail; a bilinear ``U`` makes it smooth, a pixel-shuffle ``U``
-               lets it add detail within each patch, and ``codes: pixel`` sets each pixel's own.
+               (``pixel``), with ``W_o`` a k x k convolution (``inject_kernel: k``: each correction also sees
+               its neighbours' codes) whose weight and bias start at zero. Hence a fresh plug-in gives
+               ``z' = z`` and the wrapper reproduces the host exactly; as ``W_o`` learns, ``z'`` moves from the
+               host's own bottleneck towards the decoded codes. For hosts that keep full-resolution features
+               (SwinIR) the correction is added to, never substituted for, the host's detail.
+
+The named presets are the ``plugin`` side of :data:`iqp_plugin.recipes.RECIPES`.
 """
 from __future__ import annotations
 
@@ -54,51 +48,21 @@ from timm.layers import Attention, DropPath, Mlp, resample_abs_pos_embed, trunc_
 from torch import nn
 
 from iqp_plugin.codebook import DualCodebook
+from iqp_plugin.recipes import RECIPES
 
-#: Named presets: ``plugin: {preset: NAME, ...}`` starts from one (default ``lean``); any key can be overridden.
-PRESETS = {
-    # the default, designed for size: about 1% of CodeFormer's or RestoreFormer's parameters
-    "lean": {
-        "dim": "auto",                   # the host's bottleneck width / 2, a multiple of 32, at least 64
-        "depth": 4,
-        "heads": "auto",                 # dim / 32
-        "cond": "adaln_single",
-        "index_head": "similarity",
-        "common_size": 512,              # used only when the host has no codebook of its own
-        "hq_size": 512,
-        "share_host_codebook": "auto",   # the host's own codebook as the common branch, wherever it has one
-    },
-    # the first default (ablation): per-block adaLN, dense index heads, two 1024-code codebooks
-    "standard": {
-        "dim": 256,
-        "depth": 4,
-        "heads": 8,
-        "cond": "adaln",
-        "index_head": "dense",
-        "common_size": 1024,
-        "hq_size": 1024,
-        "share_host_codebook": False,
-    },
-}
-DEFAULT_PRESET = "lean"
+#: Named presets: the ``plugin`` side of :data:`iqp_plugin.recipes.RECIPES`. ``plugin: {preset: NAME, ...}`` starts
+#: from one (default: the host adapter's ``default_recipe``); any key can be overridden.
+PRESETS = {name: recipe.plugin for name, recipe in RECIPES.items()}
+DEFAULT_PRESET = "pixel"
 #: Options every preset shares.
 SHARED_OPTIONS = {
     "mlp_ratio": 2.0,
     "drop_path": 0.0,
     "grid": 16,              # token grid (gh = gw = grid) when patch is None
-    "patch": None,           # or: one token per patch x patch bottleneck pixels (any H, W)
-    "num_bins": 10,          # for cond='binned'
     "num_scores": 1,         # M: length of the score vector (several NR metrics)
-    "hq_weight": 0.8,
     "target_score": 0.95,    # score asked for at inference when none is given
-    "upsample": "bilinear",  # correction from the token grid to the bottleneck: 'bilinear' or 'pixelshuffle'
-    "codes": "token",        # one code per token, or per bottleneck pixel ('pixel', needs patch)
-    "inject_kernel": 1,      # W_o's kernel: 1 (per code) or an odd k > 1 (each correction sees its k x k codes)
-    "inject_depth": 1,       # W_o's convolutions: 1 (linear) or d > 1 (d - 1 hidden C-channel layers, GELU between)
-    "code_temperature": 0.0,  # inference: 0 decodes each most likely code; T > 0 the mixture softmax(logits / T) @ C
 }
-CHOICES = {"cond": ("adaln", "adaln_single", "binned"), "index_head": ("dense", "similarity"),
-           "upsample": ("bilinear", "pixelshuffle"), "codes": ("token", "pixel"),
+CHOICES = {"cond": ("adaln", "adaln_single"), "index_head": ("dense", "similarity"), "codes": ("token", "pixel"),
            "share_host_codebook": (True, False, "auto")}
 
 
@@ -125,18 +89,11 @@ def plugin_options(channels: int, has_host_codebook: bool, overrides: dict) -> d
         raise ValueError(f"plugin dim ({cfg['dim']}) must be a multiple of heads ({cfg['heads']}).")
     if cfg["share_host_codebook"] == "auto":
         cfg["share_host_codebook"] = has_host_codebook
-    if cfg["upsample"] == "pixelshuffle" and not cfg["patch"]:
-        raise ValueError("plugin upsample: pixelshuffle needs patch: P (each token's P x P pixels are predicted).")
     if cfg["codes"] == "pixel" and not cfg["patch"]:
         raise ValueError("plugin codes: pixel needs patch: P (each token's P x P pixels get their own codes).")
-    if cfg["codes"] == "pixel" and cfg["upsample"] != "bilinear":
-        raise ValueError("plugin codes: pixel corrects every pixel by its own code; remove upsample: "
-                         f"{cfg['upsample']} (it resamples token codes only).")
-    for key, odd, examples in (("inject_kernel", True, "1, 3, 5, ..."), ("inject_depth", False, "1, 2, ...")):
-        value = cfg[key]  # a bool is an int in Python: refused, not read as 0 or 1
-        if isinstance(value, bool) or not (isinstance(value, int) and value > 0 and (value % 2 or not odd)):
-            kind = "an odd positive" if odd else "a positive"
-            raise ValueError(f"plugin {key} must be {kind} integer ({examples}), got {value!r}.")
+    kernel = cfg["inject_kernel"]  # a bool is an int in Python: refused, not read as 0 or 1
+    if isinstance(kernel, bool) or not (isinstance(kernel, int) and kernel > 0 and kernel % 2):
+        raise ValueError(f"plugin inject_kernel must be an odd positive integer (1, 3, 5, ...), got {kernel!r}.")
     temperature = cfg["code_temperature"]
     if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and temperature >= 0):
         raise ValueError(f"plugin code_temperature must be a number >= 0 (0: the most likely code), got {temperature!r}.")
@@ -159,13 +116,11 @@ class PluginOutput:
 @dataclass
 class Condition:
     """What the score(s) contribute, computed once per forward (and reused at inference, see
-    :meth:`IQPPlugin.condition_for`): ``binned``: ``tokens`` (B, 1, dim) added to every token;
-    ``adaln`` and ``adaln_single``: per block ``(shift1, 1 + scale1, gate1, shift2, 1 + scale2, gate2)`` and,
+    :meth:`IQPPlugin.condition_for`): per block ``(shift1, 1 + scale1, gate1, shift2, 1 + scale2, gate2)`` and,
     for the output norm, ``(shift, 1 + scale)``, each (B, 1, dim)."""
 
-    tokens: torch.Tensor | None
-    blocks: list[tuple[torch.Tensor, ...] | None]
-    out: tuple[torch.Tensor, torch.Tensor] | None
+    blocks: list[tuple[torch.Tensor, ...]]
+    out: tuple[torch.Tensor, torch.Tensor]
 
 
 def split_modulation(m: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -175,16 +130,14 @@ def split_modulation(m: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 
 class QualityBlock(nn.Module):
-    """Pre-norm Transformer block; with ``cond`` adaln / adaln_single its residual branches are modulated and
-    gated by the score: adaln by its own ``modulation`` layer, adaln_single by the shared layer's output plus
-    its own (6, dim) ``table``."""
+    """Pre-norm Transformer block whose residual branches are modulated and gated by the score: ``cond`` adaln by its
+    own ``modulation`` layer, adaln_single by the shared layer's output plus its own (6, dim) ``table``."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float, drop_path: float, cond: str):
         super().__init__()
-        modulated = cond in ("adaln", "adaln_single")
-        self.norm1 = nn.LayerNorm(dim, elementwise_affine=not modulated, eps=1e-6)
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, num_heads=heads, qkv_bias=True)
-        self.norm2 = nn.LayerNorm(dim, elementwise_affine=not modulated, eps=1e-6)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim)) if cond == "adaln" else None
@@ -197,10 +150,7 @@ class QualityBlock(nn.Module):
             return split_modulation(shared + self.table)
         return split_modulation(self.modulation(c).unflatten(-1, (6, -1)))
 
-    def forward(self, x: torch.Tensor, mod: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
-        if mod is None:
-            x = x + self.drop_path(self.attn(self.norm1(x)))
-            return x + self.drop_path(self.mlp(self.norm2(x)))
+    def forward(self, x: torch.Tensor, mod: tuple[torch.Tensor, ...]) -> torch.Tensor:
         shift1, factor1, gate1, shift2, factor2, gate2 = mod
         # addcmul: x * factor + shift and x + gate * branch in one kernel each (DropPath's per-sample
         # factor commutes with the gate)
@@ -248,21 +198,6 @@ class ScoreEmbedding(nn.Module):
         return self.mlp(feats.flatten(1))
 
 
-class BinnedScoreEmbedding(nn.Module):
-    """The authors' binned additive embedding, one table per metric, with score 1.0 in the top bin."""
-
-    def __init__(self, num_scores: int, dim: int, num_bins: int):
-        super().__init__()
-        self.num_bins = num_bins
-        self.tables = nn.Parameter(torch.zeros(num_scores, num_bins, dim))
-        trunc_normal_(self.tables, std=0.02)
-
-    def forward(self, s: torch.Tensor) -> torch.Tensor:
-        bins = (s * self.num_bins).floor().long().clamp(0, self.num_bins - 1)  # (B, M)
-        metric = torch.arange(s.shape[1], device=s.device).expand_as(bins)
-        return self.tables[metric, bins].sum(dim=1)  # (B, dim)
-
-
 class PixelHead(nn.Module):
     """Per-pixel features for ``codes: pixel``: each final token's ``p * p * dim`` outputs shuffled to its p x p
     pixels, plus the pixel's own bottleneck feature, mixed by a residual MLP (module doc, step 3)."""
@@ -297,15 +232,12 @@ class IQPPlugin(nn.Module):
         self.in_proj = nn.Linear(channels, dim)
         self.pos = nn.Parameter(torch.zeros(1, 16 * 16, dim))
         trunc_normal_(self.pos, std=0.02)
-        if cond == "binned":
-            self.score_embed = BinnedScoreEmbedding(cfg["num_scores"], dim, cfg["num_bins"])
-        else:
-            self.score_embed = ScoreEmbedding(cfg["num_scores"], dim)
+        self.score_embed = ScoreEmbedding(cfg["num_scores"], dim)
         self.shared_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim)) if cond == "adaln_single" else None
         self.blocks = nn.ModuleList(
             QualityBlock(dim, cfg["heads"], cfg["mlp_ratio"], cfg["drop_path"] * i / max(cfg["depth"] - 1, 1), cond)
             for i in range(cfg["depth"]))
-        self.out_norm = nn.LayerNorm(dim, elementwise_affine=cond == "binned", eps=1e-6)
+        self.out_norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.out_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim)) if cond == "adaln" else None
         self.out_table = nn.Parameter(torch.zeros(2, dim)) if cond == "adaln_single" else None
         self.codebook = DualCodebook(channels, cfg["common_size"], cfg["hq_size"], cfg["hq_weight"],
@@ -317,12 +249,9 @@ class IQPPlugin(nn.Module):
         else:
             self.head_common = SimilarityHead(dim, channels)
             self.head_hq = SimilarityHead(dim, channels)
-        self.shuffle = cfg["patch"] if cfg["upsample"] == "pixelshuffle" else 1
         kernel = cfg["inject_kernel"]
-        #: W_o: the hidden layers (``inject_depth`` - 1, GELU after each), then ``out_conv``, zero-initialised
-        self.inject_hidden = nn.ModuleList(nn.Conv2d(channels, channels, kernel, padding=kernel // 2)
-                                           for _ in range(cfg["inject_depth"] - 1))
-        self.out_conv = nn.Conv2d(channels, channels * self.shuffle ** 2, kernel, padding=kernel // 2)
+        #: W_o, zero-initialised
+        self.out_conv = nn.Conv2d(channels, channels, kernel, padding=kernel // 2)
         #: code selection: 'straight_through' while training, 'hard' at eval; 'continuous' (the unquantised
         #: ablation) decodes the softmax mixture in both
         self.mode = "straight_through"
@@ -348,7 +277,6 @@ class IQPPlugin(nn.Module):
         """Fix ``W_o``, the map from decoded codes to the host's features (discrete quality optimisation): a loss
         can then change the output only by changing which codes are chosen (or, in 'continuous' mode, their
         softmax mixture), never by writing a pattern of its own through ``W_o``."""
-        self.inject_hidden.requires_grad_(False)
         self.out_conv.requires_grad_(False)
 
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
@@ -401,14 +329,12 @@ class IQPPlugin(nn.Module):
     def condition(self, s: torch.Tensor) -> Condition:
         """The score embedding and everything computed from it alone, for (B, M) scores ``s``."""
         c = self.score_embed(s)
-        if self.cfg["cond"] == "binned":  # additive condition on every token
-            return Condition(c.unsqueeze(1), [None] * len(self.blocks), None)
         if self.cfg["cond"] == "adaln":
             shift, scale = self.out_modulation(c).unsqueeze(1).chunk(2, dim=-1)
-            return Condition(None, [block.modulation_for(c) for block in self.blocks], (shift, 1 + scale))
+            return Condition([block.modulation_for(c) for block in self.blocks], (shift, 1 + scale))
         shared = self.shared_modulation(c).unflatten(-1, (6, -1))  # adaln_single (PixArt-alpha)
         shift, scale = (self.out_table + c.unsqueeze(1)).chunk(2, dim=1)
-        return Condition(None, [block.modulation_for(c, shared) for block in self.blocks], (shift, 1 + scale))
+        return Condition([block.modulation_for(c, shared) for block in self.blocks], (shift, 1 + scale))
 
     def conditioning_parameters(self) -> list[nn.Parameter]:
         """Every parameter that :meth:`condition` reads."""
@@ -447,23 +373,18 @@ class IQPPlugin(nn.Module):
         x = self.in_proj(self.in_norm(self.pool(feat)))
         x = x + resample_abs_pos_embed(self.pos, list(grid), num_prefix_tokens=0)
         cond = self.condition_for(score, feat.shape[0], feat.device)
-        if cond.tokens is not None:
-            x = x + cond.tokens
         for block, mod in zip(self.blocks, cond.blocks):
             x = block(x, mod)
-        x = self.out_norm(x)
-        if cond.out is not None:
-            x = torch.addcmul(cond.out[0], x, cond.out[1])
+        x = torch.addcmul(cond.out[0], self.out_norm(x), cond.out[1])
         if self.pixel_head is not None:
             x, grid = self.pixel_head(x, feat, grid), tuple(feat.shape[-2:])
         return (self.head_common(x, self.codebook.common.weight), self.head_hq(x, self.codebook.hq.weight), grid)
 
-    def forward(self, feat: torch.Tensor, z: torch.Tensor, score=None, detach_injection: bool = False) -> PluginOutput:
-        """Predict codes from ``feat`` and return the decoder input ``z' = z + U(W_o (q - Q(z)))`` (see
-        :meth:`inject` for ``detach_injection``)."""
+    def forward(self, feat: torch.Tensor, z: torch.Tensor, score=None) -> PluginOutput:
+        """Predict codes from ``feat`` and return the decoder input ``z' = z + U(W_o (q - Q(z)))``."""
         logits_c, logits_h, grid = self.predict(feat, score)
         codes = self.decode(logits_c, logits_h)
-        return PluginOutput(self.inject(codes, z, detach_injection), logits_c, logits_h, codes, grid)
+        return PluginOutput(self.inject(codes, z), logits_c, logits_h, codes, grid)
 
     def decode(self, logits_c: torch.Tensor, logits_h: torch.Tensor) -> torch.Tensor:
         """Codes for the index logits: while training, by :attr:`mode`; at inference the most likely codes, or with
@@ -476,22 +397,11 @@ class IQPPlugin(nn.Module):
             return self.codebook.decode(logits_c / temperature, logits_h / temperature, "continuous")
         return self.codebook.decode(logits_c, logits_h, "hard")
 
-    def inject(self, codes: torch.Tensor, z: torch.Tensor, detach_injection: bool = False) -> torch.Tensor:
-        """``z + U(W_o (q - Q(z)))`` for (B, N, C) codes ``q`` on the code grid of ``z``. With
-        ``detach_injection``, ``W_o`` is used but gets no gradient (teacher forcing: a loss on predicted codes
-        then trains only the code prediction)."""
+    def inject(self, codes: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``z + U(W_o (q - Q(z)))`` for (B, N, C) codes ``q`` on the code grid of ``z``."""
         grid = self.code_grid(*z.shape[-2:])
-        delta = rearrange(codes - self.code_features(z), "b (h w) c -> b c h w", h=grid[0], w=grid[1])
-        for conv in (*self.inject_hidden, self.out_conv):
-            weight, bias = conv.weight, conv.bias
-            if detach_injection:
-                weight, bias = weight.detach(), bias.detach()
-            delta = F.conv2d(delta, weight, bias, padding=conv.padding)
-            if conv is not self.out_conv:
-                delta = F.gelu(delta)
+        delta = self.out_conv(rearrange(codes - self.code_features(z), "b (h w) c -> b c h w", h=grid[0], w=grid[1]))
         height, width = z.shape[-2:]
-        if self.shuffle > 1:  # each token's p x p pixels; (gh * p, gw * p) >= (H, W): crop the excess
-            delta = F.pixel_shuffle(delta, self.shuffle)[..., :height, :width]
         if tuple(delta.shape[-2:]) != (height, width):
             delta = F.interpolate(delta, size=(height, width), mode="bilinear", align_corners=False)
         return z + delta

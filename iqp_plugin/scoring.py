@@ -1,7 +1,7 @@
 """``iqp score``: score image folders with an NR-IQA prior into a CSV, and summarise such a CSV.
 
     iqp score -i DIR [-i DIR ...] -o scores.csv [--metrics niqe,piqe] [--weights 1,1] [--batch N]
-              [--device auto] [--norm minmax|fixed|rank] [--replace]
+              [--device auto] [--norm rank|minmax|fixed] [--replace]
     iqp score --summary scores.csv [--top 20]
     torchrun --nproc_per_node N -m iqp_plugin.scoring -i DIR -o scores.csv     (files sharded over ranks;
     torchrun --nproc_per_node N --no-python iqp score -i DIR -o scores.csv       the same)
@@ -285,7 +285,7 @@ def _merge(items: list[Item], prior: Prior, out: Path, norm: str, replace: bool,
 
 
 def score_folders(roots: list[str | Path], out: str | Path, prior: Prior | None = None, batch: int = 16,
-                  device: str = "auto", norm: str = "minmax", progress: bool = True,
+                  device: str = "auto", norm: str = "rank", progress: bool = True,
                   replace: bool = False, normalizer: Normalizer | None = None) -> dict | None:
     """Score the images under ``roots`` into the CSV ``out`` (see :func:`output_csv`), merged with its rows
     unless ``replace``, resuming a partial run; see the module doc. With ``normalizer`` (from another run's

@@ -6,7 +6,7 @@
       host_checkpoint: weights/host.pth                      # params_ema / params / state_dict / safetensors
       adapter: null                                          # chosen from the host type, or 'hook'
       adapter_opt: {}                                        # e.g. {at: conv_after_body} for 'hook'
-      plugin: {}                                             # null: bare host; {}: the lean preset (plugin.PRESETS)
+      plugin: {}                                             # null: bare host; {}: the host's default recipe
       recompute_decoder: true                                # training: recompute host decoder activations
 
 ``host: auto`` reads the host from ``host_checkpoint`` alone: spandrel detects the architecture and its
@@ -71,7 +71,7 @@ class IQPWrapper(nn.Module):
         if plugin is not None:
             has_codebook = self.adapter.codebook() is not None
             self.plugin = IQPPlugin(self.adapter.channels, host_codebook=self.adapter.codebook if has_codebook else None,
-                                    **plugin)
+                                    **{"preset": self.adapter.default_recipe, **plugin})
 
     def train(self, mode: bool = True) -> "IQPWrapper":
         super().train(mode)
@@ -82,22 +82,15 @@ class IQPWrapper(nn.Module):
         """Restore ``lq`` (in the host's image range) asking the plug-in for quality ``score``."""
         return self.restore(lq, score, **host_kwargs)[0]
 
-    def restore(self, lq: torch.Tensor, score=None, detach_injection: bool = False,
-                **host_kwargs) -> tuple[torch.Tensor, PluginOutput | None]:
-        """Like ``forward`` but also returns the plug-in's logits and codes (for training losses);
-        ``detach_injection``: see :meth:`IQPPlugin.inject`."""
+    def restore(self, lq: torch.Tensor, score=None, **host_kwargs) -> tuple[torch.Tensor, PluginOutput | None]:
+        """Like ``forward`` but also returns the plug-in's logits and codes (for training losses)."""
         aux: list[PluginOutput] = []
 
         def inject(b: Bottleneck) -> torch.Tensor:
-            aux.append(self.plugin(b.feat, b.z, score, detach_injection))
+            aux.append(self.plugin(b.feat, b.z, score))
             return aux[-1].z
 
         return self._run(lq, inject if self.plugin is not None else None, **host_kwargs), (aux[-1] if aux else None)
-
-    def restore_from_codes(self, lq: torch.Tensor, codes: torch.Tensor, **host_kwargs) -> torch.Tensor:
-        """The output with the plug-in's injection fed ``codes`` (B, N, C), such as the GT's own, in place of
-        predicted ones (teacher forcing of ``W_o``)."""
-        return self._run(lq, lambda b: self.plugin.inject(codes, b.z), **host_kwargs)
 
     def _run(self, lq: torch.Tensor, inject, **host_kwargs) -> torch.Tensor:
         recompute = self.recompute_decoder and self.training and torch.is_grad_enabled()

@@ -1,4 +1,5 @@
-"""benchmarks/overhead.py and startup.py run end to end at tiny sizes and write well-formed results (no timing asserts)."""
+"""benchmarks/overhead.py and startup.py run end to end at tiny sizes and write well-formed results (no timing asserts);
+overhead.py measures both recipes on each host: its default (``plugin``) and the other one (``plugin_other``)."""
 import json
 import math
 import subprocess
@@ -17,9 +18,14 @@ def test_overhead_tiny_writes_json_and_markdown(tmp_path):
     data = json.loads((out / "overhead.json").read_text())
     assert data["meta"]["budget"] == "tiny" and data["meta"]["device"] == "cpu"
     assert set(data["results"]) == {"restoreformer", "swinir"}
+    defaults = {"restoreformer": ("lean", "pixel"), "swinir": ("pixel", "lean")}  # (plugin, plugin_other)
     for host, res in data["results"].items():
-        cases = {"host", "plugin", "plugin_standard"}  # plugin_graphed: CUDA only
+        cases = {"host", "plugin", "plugin_other"}  # plugin_graphed: CUDA only
         assert set(res["inference"]["variants"]) == cases
+        assert (res["recipes"]["plugin"], res["recipes"]["plugin_other"]) == defaults[host]
+        for phase in ("params", "inference", "training"):
+            assert all(v["recipe"] == res["recipes"][name] for name, v in res[phase]["variants"].items()
+                       if name.startswith("plugin"))
         stored = {"plugin_stored"} if host == "restoreformer" else set()  # hosts with recomputable decoder blocks
         assert set(res["training"]["variants"]) == (cases - {"host"}) | {"full"} | stored
         assert res["inference"]["max_abs_diff_fresh_plugin_vs_host"] <= 1e-4  # zero-initialised injection
@@ -37,6 +43,8 @@ def test_overhead_tiny_writes_json_and_markdown(tmp_path):
 
     markdown = (out / "overhead.md").read_text()
     assert "## Inference" in markdown and "## Targets" in markdown and "| swinir |" in markdown
+    assert "| plugin (pixel, the default) |" in markdown and "| plugin_other (lean) |" in markdown  # swinir
+    assert "| plugin (lean, the default) |" in markdown and "| plugin_other (pixel) |" in markdown  # restoreformer
 
 
 def test_startup_benchmark_compares_the_same_metric(tmp_path):

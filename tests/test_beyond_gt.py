@@ -55,13 +55,13 @@ def test_contamination_bookkeeping(hq, tmp_path):
         for key, (config, overrides) in beyond_gt.trainings(prefix, beyond_gt.BUDGETS["tiny"]["iters"]).items():
             opt = beyond_gt.read_options(str(beyond_gt.CONFIGS / f"{config}.yml"))
             root = overrides.get("datasets:train:dataroot_gt", opt["datasets"]["train"]["dataroot_gt"])
-            assert root == ("data/train_pristine" if key == "oracle" else
-                            "data/train_top" if key == "filtered" else "data/train"), (prefix, key, root)
+            assert root == ("data/train_pristine" if key.startswith("oracle") else
+                            "data/train_top" if key == "filtered" or key.startswith("top_") else "data/train"), (prefix, key)
             assert "datasets:train:dataroot_source" not in overrides  # by default, inputs come from the targets
         # --lq-from pristine: every input but the oracle's is degraded from the pristine copy of its target
         decoupled = beyond_gt.trainings(prefix, beyond_gt.BUDGETS["tiny"]["iters"], "pristine")
         assert {k: o.get("datasets:train:dataroot_source") for k, (_, o) in decoupled.items()} == {
-            k: None if k == "oracle" else "data/train_pristine" for k in decoupled}
+            k: None if k.startswith("oracle") else "data/train_pristine" for k in decoupled}
         core = beyond_gt.trainings(prefix, beyond_gt.BUDGETS["tiny"]["iters"], ablations=False)
         assert tuple(core) == beyond_gt.CORE
         assert all(need in core for key in core for need in beyond_gt.NEEDS[key])
@@ -92,31 +92,65 @@ def test_each_setup_has_its_own_work_folder(tmp_path):
     assert len(dirs) == 4 and tmp_path / "work_small" in dirs  # the default setup keeps its folder
 
 
-@pytest.mark.parametrize("kernel, depth", [(1, 1), (3, 1), (5, 2)])
-def test_pixel_codes_train_their_own_plugins_and_share_the_controls(kernel, depth):
-    """--codes pixel (and --inject-kernel, --inject-depth): the host and the controls are the token run's, trained
-    once; every plug-in training has its own name, starts from a plug-in of the same choice, and sets the choice's
-    options."""
-    iters = beyond_gt.BUDGETS["tiny"]["iters"]
-    choice = beyond_gt.PluginChoice("pixel", kernel, depth)
-    token, pixel = beyond_gt.trainings("sw", iters), beyond_gt.trainings("sw", iters, choice=choice)
-    controls = ("host", "oracle", "further", "filtered")
-    assert {k: pixel[k] for k in controls} == {k: token[k] for k in controls}
-    plugins = {k: opt for k, (_, opt) in pixel.items() if k not in controls}
-    other_names = {opt["name"] for _, opt in token.values()}
-    for other in {(1, 1), (kernel, 1)} - {(kernel, depth)}:  # nor those of the same codes with another W_o
-        one = beyond_gt.trainings("sw", iters, choice=beyond_gt.PluginChoice("pixel", *other))
-        other_names |= {opt["name"] for _, opt in one.values()}
-    assert "bilinear" not in plugins and plugins  # the bilinear ablation is of the token codes' pixel shuffle
-    prefix = "bgt_sw_pixel" + {(1, 1): "_", (3, 1): "_k3_", (5, 2): "_k5_d2_"}[kernel, depth]
-    for key, opt in plugins.items():
-        assert opt["name"].startswith(prefix) and opt["name"] not in other_names, key
-        assert opt["network_g:plugin:codes"] == "pixel" and opt["network_g:plugin:upsample"] == "bilinear", key
-        assert opt.get("network_g:plugin:inject_kernel", 1) == kernel, key
-        assert opt.get("network_g:plugin:inject_depth", 1) == depth, key
-        start = opt.get("path:pretrain_network_g")
-        assert start is None or start.startswith(f"experiments/{prefix}"), (key, start)
-        assert opt["network_g:host_checkpoint"] == "experiments/bgt_sw_host/models/net_g_latest.pth"
+def test_the_recipe_sets_every_plugin_training_and_shares_the_controls():
+    """--recipe: every plug-in training takes the recipe's preset; stages 2-3 its scores CSV and top-scored copies,
+    stage 2 its learning rate, under names of their own; the host and the controls do not depend on it."""
+    iters = beyond_gt.BUDGETS["small"]["iters"]
+    runs = {name: beyond_gt.trainings("sw", iters, recipe=name) for name in beyond_gt.RECIPES}
+    controls = set(beyond_gt.CONTROLS)
+    assert len({str({k: runs[n][k] for k in controls}) for n in runs}) == 1
+    for name, jobs in runs.items():
+        recipe = beyond_gt.RECIPES[name]
+        for key, (config, opt) in jobs.items():
+            if key in controls:
+                assert not any(k.startswith("network_g:plugin") for k in opt), key
+                continue
+            assert opt["name"].startswith(f"bgt_sw_{name}_") and opt["network_g:plugin:preset"] == name, key
+            start = opt.get("path:pretrain_network_g")
+            assert start is None or start.startswith(f"experiments/bgt_sw_{name}_"), (key, start)
+            assert opt["network_g:host_checkpoint"] == "experiments/bgt_sw_host/models/net_g_latest.pth"
+            iqp = not key.startswith("top_")
+            if config == "sw_codebook" or not iqp:
+                assert "datasets:train:top_copies" not in opt, key
+            else:
+                assert (opt["datasets:train:top_copies"], opt["datasets:train:top_percent"]) == (
+                    recipe.top_copies, recipe.top_percent), key
+            if config != "sw_codebook":
+                assert opt["datasets:train:score_csv"] == (beyond_gt.SCORE_CSVS[recipe.norm] if iqp else None), key
+            assert opt.get("train:optim_g:lr") == (recipe.predictor_lr if config == "sw_predictor" else None), key
+            assert opt["train:total_iter"] == iters[config.split("_")[1]], key
+    assert runs["pixel"]["predictor"][1]["train:scheduler:milestones"] == [3 * iters["predictor"] // 4]
+
+
+def test_plugin_filtering_is_the_recipes_plugin_on_the_top_targets_without_the_score():
+    """Plug-in filtering: IQP's three stages with the same options and iterations, on the top-scored targets only;
+    stages 2-3 see no scores (every target at the target score), and nothing else differs."""
+    jobs = beyond_gt.trainings("sw", beyond_gt.BUDGETS["small"]["iters"], "pristine")
+    own = ("name", "path:pretrain_network_g", "datasets:train:dataroot_gt", "datasets:train:score_csv",
+           "datasets:train:top_copies", "datasets:train:top_percent")
+    for stage in beyond_gt.STAGES:
+        config, iqp = jobs[stage]
+        top_config, top = jobs[f"top_{stage}"]
+        assert top_config == config and top["datasets:train:dataroot_gt"] == "data/train_top"
+        assert {k: v for k, v in top.items() if k not in own} == {k: v for k, v in iqp.items() if k not in own}
+        if stage != "codebook":
+            assert top["datasets:train:score_csv"] is None and "datasets:train:top_copies" not in top
+            assert top["path:pretrain_network_g"] == f"experiments/bgt_sw_pixel_top_{beyond_gt.STAGES[beyond_gt.STAGES.index(stage) - 1]}/models/net_g_latest.pth"
+
+
+def test_the_oracle_trains_as_long_as_the_longest_system():
+    """The oracle: the host's schedule on the pristine GT, then as many iterations again as the host trained further
+    (the plug-in's three stages), from there, at the same learning rate."""
+    iters = beyond_gt.BUDGETS["small"]["iters"]
+    jobs = beyond_gt.trainings("sw", iters)
+    extra = sum(iters[s] for s in beyond_gt.STAGES)
+    start, oracle, further = (jobs[k][1] for k in ("oracle_start", "oracle", "further"))
+    assert start["train:total_iter"] == jobs["host"][1]["train:total_iter"] == iters["host"]
+    assert oracle["path:pretrain_network_g"] == "experiments/bgt_sw_oracle/models/net_g_latest.pth"
+    assert oracle["name"] == f"bgt_sw_oracle_i{extra}" and oracle["train:total_iter"] == extra
+    assert {k: v for k, v in oracle.items() if k not in ("name", "path:pretrain_network_g", "datasets:train:dataroot_gt")} \
+        == {k: v for k, v in further.items() if k not in ("name", "path:pretrain_network_g")}
+    assert beyond_gt.NEEDS["oracle"] == ("oracle_start",)
 
 
 def test_trainings_start_longest_chain_first_and_a_lone_one_gets_every_core(monkeypatch, tmp_path):
@@ -126,7 +160,9 @@ def test_trainings_start_longest_chain_first_and_a_lone_one_gets_every_core(monk
     import time
 
     log, lock = [], threading.Lock()
-    seconds = {"bgt_sw_further": 0.02, "bgt_sw_filtered": 0.02, "bgt_sw_codebook": 0.3, "bgt_sw_predictor": 0.3}
+    seconds = {"bgt_sw_further_i7": 0.02, "bgt_sw_filtered_i7": 0.02, "bgt_sw_oracle_i7": 0.02,
+               "bgt_sw_pixel_top_codebook": 0.02, "bgt_sw_pixel_top_predictor": 0.02, "bgt_sw_pixel_top_quality": 0.02,
+               "bgt_sw_pixel_codebook": 0.3, "bgt_sw_pixel_predictor": 0.3}
 
     def fake_train(work, config, device, threads, **overrides):  # the controls quick, stages 1-2 slow
         with lock:
@@ -143,28 +179,11 @@ def test_trainings_start_longest_chain_first_and_a_lone_one_gets_every_core(monk
     names = {opt["name"]: key for (_, key), (_, opt) in jobs.items()}
     at = {(event, names[name]): i for i, (event, name, _) in enumerate(log)}
     starts = sorted((i, key) for (event, key), i in at.items() if event == "start")
-    assert [key for _, key in starts[:2]] == ["host", "oracle"] and at["start", "codebook"] < at["start", "further"]
+    assert {key for _, key in starts[:2]} == {"host", "oracle_start"} and at["start", "codebook"] < at["start", "further"]
     assert all(at["end", need] < at["start", key] for _, key in jobs for need in beyond_gt.NEEDS[key])
     threads = {names[n]: t for event, n, t in log if event == "start"}
-    assert threads["host"] == threads["oracle"] == threads["further"] == threads["filtered"] == 2
-    assert threads["predictor"] == threads["quality"] == 4  # once the controls are done, the plug-in runs alone
-
-
-def test_rank_scores_train_their_own_plugins_on_their_own_csv():
-    """--norm rank: the plug-in trainings (all three stages, the ablations' too) read the rank-normalised CSV under
-    names of their own; the host and the controls are the min-max run's."""
-    iters = beyond_gt.BUDGETS["tiny"]["iters"]
-    minmax = beyond_gt.trainings("sw", iters, choice=beyond_gt.PluginChoice("pixel", 7))
-    rank = beyond_gt.trainings("sw", iters, choice=beyond_gt.PluginChoice("pixel", 7, norm="rank"))
-    controls = ("host", "oracle", "further", "filtered")
-    assert {k: rank[k] for k in controls} == {k: minmax[k] for k in controls}
-    assert all("datasets:train:score_csv" not in opt for _, opt in minmax.values())
-    for key, (_, opt) in rank.items():
-        if key not in controls:
-            assert opt["name"].startswith("bgt_sw_pixel_k7_rank_"), key
-            assert opt["datasets:train:score_csv"] == "data/train_scores_rank.csv", key
-            start = opt.get("path:pretrain_network_g")
-            assert start is None or start.startswith("experiments/bgt_sw_pixel_k7_rank_"), (key, start)
+    assert threads["host"] == threads["oracle_start"] == 2
+    assert threads["quality"] == 4  # once the others are done, the plug-in's last stage runs alone
 
 
 def test_one_pair_out_of_order_steers_at_exactly_the_threshold():
@@ -173,80 +192,6 @@ def test_one_pair_out_of_order_steers_at_exactly_the_threshold():
     scores = list(beyond_gt.SCORES)
     assert beyond_gt.spearman(scores, [31.7, 31.9, 33.28, 33.33, 33.32]) == 0.9
     assert beyond_gt.spearman(scores, [31.9, 31.7, 33.28, 33.33, 33.32]) == 0.8
-
-
-def test_patch_and_stage_iters_train_their_own_plugins():
-    """--quality-iters sets stage 3 of every plug-in (the ablations' too), --predictor-iters stage 2 (and its
-    learning-rate step), --predictor-lr stage 2's learning rate, --predictor-pixel-weight its L1 image loss and
-    --patch every stage, each under names of their own; the host and the oracle stay the same, and the host trained
-    further and the filtering host train for as many iterations as the plug-in's three stages, under names of their
-    own (a learning rate or loss weight changes no control)."""
-    iters = beyond_gt.BUDGETS["small"]["iters"]
-    controls = {"host", "oracle", "further", "filtered"}
-    base = beyond_gt.trainings("sw", iters, choice=beyond_gt.PluginChoice("pixel", 7))
-    longer = beyond_gt.trainings("sw", iters, choice=beyond_gt.PluginChoice("pixel", 7, quality_iters=200))
-    assert {k for k in longer if longer[k] == base[k]} == {"host", "oracle"}
-    plugin_total = iters["codebook"] + iters["predictor"] + 200
-    for key in ("further", "filtered"):
-        assert base[key][1]["name"] == f"bgt_sw_{key}" and longer[key][1]["name"] == f"bgt_sw_{key}_i{plugin_total}"
-        assert base[key][1]["train:total_iter"] == sum(iters[s] for s in beyond_gt.STAGES)
-        assert longer[key][1]["train:total_iter"] == plugin_total
-    assert all(opt["name"].startswith("bgt_sw_pixel_k7_q200_") for key, (_, opt) in longer.items() if key not in controls)
-    for key in ("quality", "continuous", "injection", "teacher", "lean"):
-        assert longer[key][1]["train:total_iter"] == 200 and base[key][1]["train:total_iter"] == iters["quality"], key
-    assert longer["predictor"][1]["train:total_iter"] == iters["predictor"]
-    stage2 = beyond_gt.trainings("sw", iters, choice=beyond_gt.PluginChoice("pixel", 7, quality_iters=200,
-                                                                          predictor_iters=800))
-    assert stage2["predictor"][1]["name"] == "bgt_sw_pixel_k7_s800_q200_predictor"
-    assert stage2["predictor"][1]["train:total_iter"] == 800
-    assert stage2["predictor"][1]["train:scheduler:milestones"] == [600]
-    assert stage2["filtered"][1]["train:total_iter"] == iters["codebook"] + 800 + 200
-    slower = beyond_gt.trainings("sw", iters, choice=beyond_gt.PluginChoice("pixel", 7, predictor_iters=800))
-    faster = beyond_gt.trainings("sw", iters, choice=beyond_gt.PluginChoice("pixel", 7, predictor_iters=800,
-                                                                          predictor_lr=4e-3))
-    stage2_keys = {k for k, (config, _) in faster.items() if config == "sw_predictor"}
-    assert stage2_keys == {"predictor", "teacher_predictor", "lean_predictor"}
-    assert all(faster[k][1]["train:optim_g:lr"] == 4e-3 for k in stage2_keys)
-    assert not any("train:optim_g:lr" in opt for k, (_, opt) in faster.items() if k not in stage2_keys | controls)
-    assert faster["quality"][1]["path:pretrain_network_g"] == "experiments/bgt_sw_pixel_k7_s800_lr0.004_predictor/models/net_g_latest.pth"
-    assert {k: faster[k] for k in controls} == {k: slower[k] for k in controls}  # the rate changes no control
-    assert faster["predictor"][1] == {**slower["predictor"][1], "name": "bgt_sw_pixel_k7_s800_lr0.004_predictor",
-                                      "train:optim_g:lr": 4e-3, "path:pretrain_network_g":
-                                          "experiments/bgt_sw_pixel_k7_s800_lr0.004_codebook/models/net_g_latest.pth"}
-    weighted = beyond_gt.trainings("sw", iters, choice=beyond_gt.PluginChoice("pixel", 7, predictor_iters=800,
-                                                                             predictor_pixel_weight=10.0))
-    assert all(weighted[k][1]["train:pixel_opt:loss_weight"] == 10.0 for k in stage2_keys)
-    assert not any("train:pixel_opt:loss_weight" in opt for k, (_, opt) in weighted.items() if k not in stage2_keys)
-    assert weighted["quality"][1]["path:pretrain_network_g"] == "experiments/bgt_sw_pixel_k7_s800_pw10_predictor/models/net_g_latest.pth"
-    assert {k: weighted[k] for k in controls} == {k: slower[k] for k in controls}  # the weight changes no control
-    finer = beyond_gt.PluginChoice("pixel", 7, patch=2, norm="rank", quality_iters=200)
-    assert finer.tag == "_pixel_k7_p2_rank_q200" and finer.options["patch"] == 2 and "index_head" not in finer.options
-    similar = beyond_gt.PluginChoice("pixel", 7, patch=2, index_head="similarity")
-    assert similar.tag == "_pixel_k7_p2_sim" and similar.options["index_head"] == "similarity"
-    assert all(opt["network_g:plugin:index_head"] == "similarity"
-               for key, (_, opt) in beyond_gt.trainings("sw", iters, choice=similar).items() if key not in controls)
-    assert all(opt["network_g:plugin:patch"] == 2
-               for key, (_, opt) in beyond_gt.trainings("sw", iters, choice=finer).items() if key not in controls)
-
-
-def test_top_copies_oversample_the_top_targets_in_stages_2_and_3():
-    """--top-copies: the plug-in's stages 2-3 set their dataset's top_copies and top_percent (the filtering baseline's
-    share), so that each top-scored target appears C times; stage 1 and the controls do not."""
-    iters = beyond_gt.BUDGETS["tiny"]["iters"]
-    once = beyond_gt.trainings("sw", iters, "pristine", choice=beyond_gt.PluginChoice("pixel", 7))
-    twice = beyond_gt.trainings("sw", iters, "pristine", choice=beyond_gt.PluginChoice("pixel", 7, top_copies=2),
-                                top_percent=30)
-    for key, (config, opt) in twice.items():
-        if config.endswith(("_predictor", "_quality")):
-            assert opt["name"].startswith("bgt_sw_pixel_k7_o2_"), key
-            assert (opt["datasets:train:top_copies"], opt["datasets:train:top_percent"]) == (2, 30), key
-            own = ("name", "path:pretrain_network_g", "datasets:train:top_copies", "datasets:train:top_percent")
-            assert {k: v for k, v in opt.items() if k not in own} == {
-                k: v for k, v in once[key][1].items() if k not in own}, key  # nothing else changes
-        elif key in ("host", "oracle", "further", "filtered"):
-            assert opt == once[key][1], key
-        else:  # stage 1: the codebooks learn from the training GT as it is
-            assert "datasets:train:score_csv" not in opt and "datasets:train:dataroot_gt" not in opt, key
 
 
 def test_an_interrupted_rank_scoring_is_normalised_again(tmp_path):
@@ -263,18 +208,10 @@ def test_an_interrupted_rank_scoring_is_normalised_again(tmp_path):
     assert ranks == pytest.approx([0, 1 / 3, 2 / 3, 1], abs=0.01)
 
 
-@pytest.mark.parametrize("flag, value, message", [("--inject-kernel", "2", "an odd positive integer, got 2"),
-                                                   ("--inject-depth", "0", "a positive integer, got 0"),
-                                                   ("--patch", "0", "a positive integer, got 0"),
-                                                   ("--quality-iters", "0", "a positive integer, got 0"),
-                                                   ("--top-copies", "0", "a positive integer, got 0"),
-                                                   ("--predictor-lr", "0", "strictly between 0 and 1, got 0.0"),
-                                                   ("--predictor-pixel-weight", "-1", "positive, got -1.0"),
-                                                   ("--code-temperature", "-1", ">= 0")])
-def test_bad_plugin_choice_is_refused_before_any_work(tmp_path, flag, value, message):
-    with pytest.raises(SystemExit, match=f"{flag} must be {message}"):
-        beyond_gt.main(["--data", str(tmp_path / "none"), "--out", str(tmp_path), flag, value])
-    assert not any(tmp_path.iterdir())
+def test_an_unknown_recipe_is_refused_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        beyond_gt.main(["--data", str(tmp_path / "none"), "--out", str(tmp_path), "--recipe", "best"])
+    assert "invalid choice: 'best'" in capsys.readouterr().err and not any(tmp_path.iterdir())
 
 
 def test_contaminate_lowers_sharpness_and_keeps_size():
@@ -309,7 +246,7 @@ def test_precondition_trains_host_and_oracle_only(hq, tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     trained = {p.name for p in (out / "work_tiny_light" / "experiments").iterdir()}
-    assert trained == {"bgt_sw_host", "bgt_sw_oracle"}  # no control or plug-in training
+    assert trained == {"bgt_sw_host", "bgt_sw_oracle", "bgt_sw_oracle_i7"}  # no other control, no plug-in
     assert not (out / "beyond_gt.json").exists()
     data = json.loads((out / "precondition.json").read_text())
     fam = data["families"]["swinir"]
@@ -326,62 +263,63 @@ def test_tiny_run_on_bundled_crops(hq, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, str(REPO / "benchmarks" / "beyond_gt.py"), "--budget", "tiny", "--device", "cpu",
            "--data", str(hq), "--out", str(out), "--jobs", "2"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(cmd + ["--hosts", "restoreformer,swinir"], cwd=REPO, capture_output=True, text=True,
+                          timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads((out / "beyond_gt.json").read_text())
     meta = data["meta"]
-    assert meta["n_train"] == 12 and meta["n_heldout"] == 4 and meta["n_contaminated"] == 6
+    assert meta["n_train"] == 12 and meta["n_heldout"] == 4 and meta["n_contaminated"] == 6 and meta["recipe"] == "pixel"
     assert set(data["families"]) == {"restoreformer", "swinir"}
     for fam in data["families"].values():
         systems = fam["results"]
-        assert {"host", "oracle (pristine GT)", "host trained further", "host on top-scored GT",
-                *(f"{system} @{s}" for s in beyond_gt.SCORES for system in ("host + IQP", beyond_gt.TEACHER))} <= set(systems)
+        assert {"host", beyond_gt.ORACLE, beyond_gt.FURTHER, beyond_gt.HOST_FILTERING, beyond_gt.PLUGIN_FILTERING,
+                "IQP, continuous quality stage", "IQP, injection trained in stage 3",
+                *(f"host + IQP @{s}" for s in beyond_gt.SCORES)} <= set(systems)
         for name, stats in systems.items():
             if name == "pristine (reference)":  # PSNR of an image against itself is infinite
                 continue
             for metric, stat in stats.items():
                 assert stat["n"] == 4 and (stat["mean"] is None or math.isfinite(stat["mean"])), (name, metric)
-        assert set(fam["targets"]) >= {"1 the score steers", "2 the prior beats more training",
-                                       "3 it holds up against filtering", "4 ablations", "teacher-forced"}
-        assert set(fam["targets"]["teacher-forced"]) >= {"1 the score steers", "2 the prior beats more training"}
+        targets = fam["targets"]
+        assert set(targets) >= {"1 the score steers", "2 the prior beats more training",
+                                "3 it holds up against filtering", "4 ablations"}
+        assert set(targets["paired"]) == {"host", beyond_gt.FURTHER, beyond_gt.HOST_FILTERING,
+                                          beyond_gt.PLUGIN_FILTERING, beyond_gt.ORACLE}
+        assert "discrete - continuous" in targets["4 ablations"]
         assert (out / fam["grid"]).stat().st_size > 0
     assert (out / "sweep.png").stat().st_size > 0
     markdown = (out / "beyond_gt.md").read_text()
     assert "## restoreformer" in markdown and "## swinir" in markdown and "| 2a. setup valid" in markdown
-    assert f"Targets for {beyond_gt.TEACHER}" in markdown
+    assert "| 3b. beats plug-in filtering" in markdown and "recipe `pixel`" in markdown
     assert len((out / "work_tiny" / "data" / "train_scores.csv").read_text().splitlines()) == 13
 
-    # --codes pixel --norm rank in the same folder: its own plug-ins, against the host and controls already trained
+    # --recipe lean in the same folder: its own plug-ins, against the host and controls already trained
     experiments = out / "work_tiny" / "experiments"
-    controls = {p: p.stat().st_mtime_ns for k in ("host", "oracle", "further", "filtered")
-                for p in [experiments / f"bgt_sw_{k}" / "models" / "net_g_latest.pth"]}
-    proc = subprocess.run(cmd + ["--hosts", "swinir", "--no-ablations", "--codes", "pixel", "--norm", "rank",
-                                 "--top-copies", "2"], cwd=REPO, capture_output=True, text=True, timeout=1200)
+    controls = {p: p.stat().st_mtime_ns for name in beyond_gt.control_names("sw", beyond_gt.BUDGETS["tiny"]["iters"]).values()
+                for p in [experiments / name / "models" / "net_g_latest.pth"]}
+    proc = subprocess.run(cmd + ["--no-ablations", "--recipe", "lean"], cwd=REPO, capture_output=True, text=True,
+                          timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads((out / "beyond_gt.json").read_text())
-    assert data["meta"]["codes"] == "pixel" and data["meta"]["norm"] == "rank" and set(data["families"]) == {"swinir"}
-    assert data["meta"]["top_copies"] == 2
+    assert data["meta"]["recipe"] == "lean" and set(data["families"]) == {"swinir"}
     results = data["families"]["swinir"]["results"]
     assert {"IQP, HQ branch off", "IQP, no quality stage"} <= set(results)  # no training needed: still evaluated
-    assert not any(name.startswith(beyond_gt.TEACHER) for name in results)  # an ablation: --no-ablations skips it
-    assert "teacher-forced" not in data["families"]["swinir"]["targets"]
+    assert "IQP, continuous quality stage" not in results  # an ablation: --no-ablations skips it
     assert {p: p.stat().st_mtime_ns for p in controls} == controls  # reused, not trained again
-    assert {p.name for p in experiments.iterdir() if p.name.startswith("bgt_sw_pixel_rank")} == {
-        f"bgt_sw_pixel_rank_o2_{stage}" for stage in beyond_gt.STAGES}
+    assert {p.name for p in experiments.iterdir() if p.name.startswith("bgt_sw_lean")} == {
+        f"bgt_sw_lean_{stage}" for stage in (*beyond_gt.STAGES, *(f"top_{s}" for s in beyond_gt.STAGES))}
     data_dir = out / "work_tiny" / "data"
+    minmax, ranks = (load_scores(data_dir / f) for f in ("train_scores.csv", "train_scores_rank.csv"))
+    assert sorted(minmax, key=minmax.get) == sorted(ranks, key=ranks.get)  # the same order, so the same top sets
+    assert min(ranks.values()) == 0.0 and max(ranks.values()) == 1.0
     seen = IQPDegradedDataset({"dataroot_gt": str(data_dir / "train"), "score_csv": str(data_dir / "train_scores_rank.csv"),
                                "top_copies": 2, "top_percent": beyond_gt.BUDGETS["tiny"]["top_percent"], "gt_size": 32})
     twice = sorted(seen.gt_names[i] for i in seen.samples[len(seen.gt_names):])
-    assert twice == sorted(p.name for p in (data_dir / "train_top").iterdir())  # stages 2-3 repeated filtering's top set
-    minmax, ranks = (load_scores(out / "work_tiny" / "data" / f) for f in ("train_scores.csv", "train_scores_rank.csv"))
-    assert sorted(minmax, key=minmax.get) == sorted(ranks, key=ranks.get)  # the same order, so the same top sets
-    assert min(ranks.values()) == 0.0 and max(ranks.values()) == 1.0
+    assert twice == sorted(p.name for p in (data_dir / "train_top").iterdir())  # copies repeat filtering's top set
 
-    # --split development in the same folder: no training, the pristine copies of contaminated training images;
-    # --code-temperature adds the same plug-in decoding its codes' softmax mixture, at every score
+    # --split development in the same folder: no training, the pristine copies of contaminated training images
     trained = {p: p.stat().st_mtime_ns for p in experiments.glob("*/models/net_g_latest.pth")}
-    proc = subprocess.run(cmd + ["--hosts", "swinir", "--no-ablations", "--codes", "pixel", "--norm", "rank",
-                                 "--top-copies", "2", "--split", "development", "--code-temperature", "0.5"],
+    proc = subprocess.run(cmd + ["--no-ablations", "--recipe", "lean", "--split", "development"],
                           cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in experiments.glob("*/models/net_g_latest.pth")} == trained
@@ -393,11 +331,23 @@ def test_tiny_run_on_bundled_crops(hq, tmp_path):
     assert not {p.name for p in links} & set(manifest["heldout"])
     assert development["meta"]["split"] == "development" and development["meta"]["n_evaluated"] == len(links) == 6
     assert all(stat["n"] == 6 for stat in development["families"]["swinir"]["results"]["host"].values())
-    mixture = beyond_gt.MIXTURE.format(0.5)
-    assert {f"{mixture} @{s}" for s in beyond_gt.SCORES} <= set(development["families"]["swinir"]["results"])
-    assert set(development["families"]["swinir"]["targets"]["mixture"][mixture]) >= {
-        "1 the score steers", "3 it holds up against filtering"}
-    assert f"Targets for {mixture}" in (out / "beyond_gt_development.md").read_text()
     assert "development split" in (out / "beyond_gt_development.md").read_text()
     assert (out / "grid_swinir_development.png").exists() and (out / "sweep_development.png").exists()
     assert json.loads((out / "beyond_gt.json").read_text())["meta"]["split"] == "heldout"  # the held-out run's, kept
+
+    # --eval DIR: the same trained systems on a folder of the user's own pristine images, nothing trained
+    own = tmp_path / "own"
+    write_crops(own, 3, 96, seed=7, photos=PHOTOS)
+    proc = subprocess.run(cmd + ["--no-ablations", "--recipe", "lean", "--eval", str(own)],
+                          cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in experiments.glob("*/models/net_g_latest.pth")} == trained
+    evaluated = json.loads((out / "beyond_gt_eval.json").read_text())
+    assert evaluated["meta"]["split"] == "eval" and evaluated["meta"]["n_evaluated"] == 3
+    assert evaluated["meta"]["eval_source"] == str(own.resolve())
+    assert all(stat["n"] == 3 for stat in evaluated["families"]["swinir"]["results"]["host"].values())
+    assert sorted(p.name for p in (data_dir / "eval").glob("*.png")) == sorted(
+        p.with_suffix(".png").name for p in own.iterdir())
+    assert str(own.resolve()) in (out / "beyond_gt_eval.md").read_text()
+    with pytest.raises(SystemExit, match="no such folder"):
+        beyond_gt.main(["--data", str(hq), "--out", str(out), "--eval", str(tmp_path / "missing")])

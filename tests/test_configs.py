@@ -60,3 +60,21 @@ def test_tiny_stages_run(workdir, host):
         assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     ckpt = torch.load(workdir / "experiments" / f"tiny_{host}_quality" / "models" / "net_g_latest.pth", weights_only=True)
     assert ckpt["stage"] == "quality" and not any(k.startswith("host.") for k in ckpt["params"])
+
+
+@pytest.mark.parametrize("host", ["codeformer", "restoreformer", "swinir", "hook_rrdbnet"])
+def test_every_family_takes_its_recipes_data_side(host):
+    """The recipe is defined once (iqp_plugin/recipes.py): each family's full-size stages 2-3 repeat the top-scored
+    targets as its default recipe says, and its plug-in is that recipe's (``plugin: {}`` builds it)."""
+    from iqp_plugin.recipes import RECIPES
+    from iqp_plugin.wrapper import IQPWrapper
+
+    for stage in ("predictor", "quality"):
+        opt = read_options(str(REPO / "configs" / host / f"{stage}.yml"))
+        net = dict(opt["network_g"], host_checkpoint=None)
+        net.pop("type")
+        adapter = IQPWrapper(**{**net, "plugin": None}).adapter
+        recipe = RECIPES[net["plugin"].get("preset", adapter.default_recipe)]
+        train = opt["datasets"]["train"]
+        assert (train["top_copies"], train["top_percent"]) == (recipe.top_copies, recipe.top_percent), (host, stage)
+        assert train["score_csv"] and "preset" not in net["plugin"], (host, stage)

@@ -31,9 +31,6 @@ def trained_like(host: dict, plugin: dict) -> IQPWrapper:
     wrapper = IQPWrapper(host=host, plugin=plugin).eval()
     p = wrapper.plugin
     torch.nn.init.normal_(p.out_conv.weight, std=0.1)
-    if p.cfg["cond"] == "binned":
-        torch.nn.init.normal_(p.score_embed.tables, std=0.5)
-        return wrapper
     layers = [p.out_modulation, p.shared_modulation] + [b.modulation for b in p.blocks]
     for layer in [p.score_embed.mlp.fc1, p.score_embed.mlp.fc2] + [m[-1] for m in layers if m is not None]:
         torch.nn.init.normal_(layer.weight, std=0.5)
@@ -142,8 +139,8 @@ def test_face_host(restoreformer, tmp_path, mode):
 
 def test_cli_exports_config_and_plugin_file(tmp_path, capsys):
     """``iqp export --config --plugin --score`` end to end: a wrapper YAML with a host checkpoint and a plug-in
-    checkpoint in the training format; the folded score; a pixel-shuffle plug-in with the binned score embedding."""
-    plugin = {**TINY_PLUGIN, "upsample": "pixelshuffle", "cond": "binned"}
+    checkpoint in the training format; the folded score; a token-code plug-in with per-block adaLN."""
+    plugin = {**TINY_PLUGIN, "codes": "token", "cond": "adaln"}
     swinir = trained_like(TINY_SWINIR, plugin)
     host_file, plugin_file, config = tmp_path / "host.pth", tmp_path / "plugin.pth", tmp_path / "wrapper.yml"
     torch.save({"params": swinir.host.state_dict()}, host_file)

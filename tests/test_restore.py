@@ -123,8 +123,9 @@ def test_plugin_file_alone_and_host_flags(model, tmp_path):
 def test_tiling_matches_whole_image(model):
     """64x64 input, tiles of 32 with overlap 16 (origins on the 8-px window grid): only the seams differ
     (SwinIR's shifted windows and the plug-in's global attention see less context there). Measured max
-    |diff| 0.001 for the host alone and 0.002 with this random plug-in (mean 3e-5 / 2e-4), on outputs
-    spanning about 0.35. Tolerance: max 0.005, mean 5e-4."""
+    |diff| 0.001 for the host alone (mean 3e-5) and 0.013 with this random plug-in of the pixel recipe (mean
+    6e-4; its 2x2-pixel tokens attend over four times as many tokens in the whole image as in a tile), on outputs
+    spanning about 0.35. Tolerance: host max 0.005, mean 5e-4; with the plug-in max 0.02, mean 1e-3."""
     *_, wrapper = model
     rgb = rand_img(64, 64, seed=5).astype(np.float32)[None] / 255
     for plugin in (False, True):
@@ -132,7 +133,8 @@ def test_tiling_matches_whole_image(model):
         tiles = running.run_batch(wrapper, rgb, tile=32, overlap=16, plugin=plugin)
         diff = np.abs(whole - tiles)
         assert whole.shape == tiles.shape == (1, 128, 128, 3)
-        assert diff.max() < 0.005 and diff.mean() < 5e-4, (plugin, diff.max(), diff.mean())
+        bound = (0.02, 1e-3) if plugin else (0.005, 5e-4)
+        assert diff.max() < bound[0] and diff.mean() < bound[1], (plugin, diff.max(), diff.mean())
     x = torch.rand(1, 3, 40, 24)  # normalised blending reproduces a pointwise map exactly
     assert torch.allclose(running.tiled(lambda t: t * 2, x, 16, 4), x * 2, atol=1e-6)
     thin = torch.rand(1, 3, 10, 200)  # thinner than the overlap: one crop across, tiles along
