@@ -14,7 +14,7 @@ The paper's claim as a controlled experiment with a pristine reference that trai
 2. prior     ``iqp score`` (offline NIQE) on the mixed training GT, normalised as the recipe says; its AUC for
              telling contaminated from pristine targets is reported. NIQE is the prior and the stage-3 loss; PIQE
              is never used in training (pyiqa's PIQE has no gradient), and neither is the sharpness ratio.
-3. hosts     per host family (``--hosts``), trained by its own YAML in configs/beyond_gt/ on the mixed GT:
+3. hosts     per host family (``--hosts``), trained by its own YAML in benchmarks/configs/beyond_gt/ on the mixed GT:
              ``swinir`` (a small SwinIR x1) and ``restoreformer`` (a small RestoreFormer, codebook host).
 4. controls  the host trained further on the same data for as many iterations as the plug-in's three stages;
              host filtering: the host fine-tuned as long on the top-scored GT only; the oracle: trained on the
@@ -22,7 +22,7 @@ The paper's claim as a controlled experiment with a pristine reference that trai
              trains as long as the longest system); plug-in filtering: the recipe's plug-in, same stages and
              iterations, trained on the top-scored GT only with the score held at the target (the same
              capacity as IQP, without the prior's condition).
-5. plug-in   the three IQP stages of the named recipe (``--recipe``, :data:`iqp_plugin.recipes.RECIPES`: the
+5. plug-in   the three IQP stages of the named recipe (``--recipe``, :data:`iqp_plugin.archs.recipes.RECIPES`: the
              plug-in options, the scores' normalisation, the top-scored targets' copies and stage 2's learning
              rate, from the one definition a user's ``plugin: {}`` gets) around the frozen host. Ablations
              (``--ablations``): stage 3 in 'continuous' mode, and with ``W_o`` trained by the NIQE loss too
@@ -36,7 +36,7 @@ The paper's claim as a controlled experiment with a pristine reference that trai
              1), where options are chosen. ``--precondition`` trains the host and the oracle only and reports
              target 2a (the setup's validity), before the plug-in's trainings are spent on it.
 
-Every training runs the project's entry point (``python -m iqp_plugin.train -opt configs/beyond_gt/X.yml
+Every training runs the project's entry point (``python -m iqp_plugin.train -opt benchmarks/configs/beyond_gt/X.yml
 --force_yml ...``) in OUT/work_<budget>; the budget only changes image counts and iteration counts. A rerun
 reuses the data, the scores and every training whose ``net_g_latest.pth`` exists. Nothing is tuned on the
 held-out images: options are compared with ``--split development``, and the held-out run comes after the choice.
@@ -68,23 +68,24 @@ from tqdm import tqdm  # noqa: E402
 
 from benchmarks import beyond_gt_data  # noqa: E402
 from benchmarks.common import markdown_table, write_results  # noqa: E402
-from benchmarks.quality import checkpoint, run, train as quality_train  # noqa: E402
-from iqp_plugin.contamination import CONTAMINATION  # noqa: E402
-from iqp_plugin.datasets import IQPDegradedDataset  # noqa: E402
-from iqp_plugin.evaluation import NOISE_SE, full_reference, paired, summary  # noqa: E402
-from iqp_plugin.devices import resolve_device  # noqa: E402
-from iqp_plugin.loading import load_wrapper  # noqa: E402
-from iqp_plugin.quality import create_prior  # noqa: E402
-from iqp_plugin.recipes import RECIPES  # noqa: E402
-from iqp_plugin.score_files import load_scores, read_sidecar, sidecar_path  # noqa: E402
-from iqp_plugin.options import read_options  # noqa: E402
+from benchmarks.quality import checkpoint, run  # noqa: E402
+from benchmarks.quality import train as quality_train  # noqa: E402
+from iqp_plugin.archs.recipes import RECIPES  # noqa: E402
+from iqp_plugin.data.contamination import CONTAMINATION  # noqa: E402
+from iqp_plugin.data.datasets import IQPDegradedDataset  # noqa: E402
+from iqp_plugin.inference.devices import resolve_device  # noqa: E402
+from iqp_plugin.inference.loading import load_wrapper  # noqa: E402
+from iqp_plugin.io.options import read_options  # noqa: E402
+from iqp_plugin.prior.metrics import create_prior  # noqa: E402
+from iqp_plugin.prior.score_files import load_scores, read_sidecar, sidecar_path  # noqa: E402
+from iqp_plugin.report.metrics import NOISE_SE, full_reference, paired, summary  # noqa: E402
 
-CONFIGS = REPO / "configs" / "beyond_gt"
+CONFIGS = REPO / "benchmarks" / "configs" / "beyond_gt"
 SIZE = 128
 SCORES = (0.1, 0.3, 0.5, 0.7, 0.95)
 TARGET = 0.95
 PRIOR, HELDOUT_NR = "niqe", "piqe"
-#: per host family: config prefix in configs/beyond_gt/
+#: per host family: config prefix in benchmarks/configs/beyond_gt/
 HOSTS = {"restoreformer": "rf", "swinir": "sw"}
 #: the images evaluated -> the seed of their one degradation (WORK/data/<split>, see beyond_gt_data): --split, and
 #: ``eval`` for --eval DIR
@@ -135,9 +136,9 @@ def arg_parser() -> argparse.ArgumentParser:
                         "2 cores); full: a GPU")
     p.add_argument("--data", required=True, help="folder of HQ images (faces: aligned crops)")
     p.add_argument("--recipe", choices=RECIPES, default="pixel",
-                   help="the plug-in's named recipe (iqp_plugin/recipes.py): its plug-in options, score normalisation, "
-                        "top-scored copies and stage-2 learning rate; each recipe trains its own plug-ins and shares the "
-                        "host and the controls")
+                   help="the plug-in's named recipe (iqp_plugin/archs/recipes.py): its plug-in options, score "
+                        "normalisation, top-scored copies and stage-2 learning rate; each recipe trains its own "
+                        "plug-ins and shares the host and the controls")
     p.add_argument("--contaminate", type=float, default=0.5, help="fraction of the training GT contaminated")
     p.add_argument("--contamination", choices=CONTAMINATION, default="standard",
                    help="how far each contaminated target is degraded: standard (blur sigma 1-2, down-up 1-2x, JPEG "
@@ -147,8 +148,8 @@ def arg_parser() -> argparse.ArgumentParser:
                         "target's pristine copy (the input then does not show the target's quality)")
     p.add_argument("--hosts", default="swinir", help=f"host families: {', '.join(HOSTS)} (comma-separated)")
     p.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=True,
-                   help="also train and evaluate the stage-3 ablations (continuous codes; W_o trained by the NIQE loss); "
-                        "--no-ablations: the host, the controls and the recipe's plug-in only")
+                   help="also train and evaluate the stage-3 ablations (continuous codes; W_o trained by the NIQE "
+                        "loss); --no-ablations: the host, the controls and the recipe's plug-in only")
     p.add_argument("--split", choices=("heldout", "development"), default="heldout",
                    help="evaluate on the held-out images (default), or on the development split (the pristine copies "
                         f"of the first {beyond_gt_data.DEVELOPMENT} contaminated training images) to choose between "
@@ -198,7 +199,7 @@ def score_training_gt(work: Path, manifest: dict, norm: str = "minmax") -> dict:
     better than a contaminated one))."""
     csv = work / SCORE_CSVS["minmax"]
     if not csv.exists():
-        run(["-m", "iqp_plugin.scoring", "-i", "data/train", "-o", SCORE_CSVS["minmax"], "--metrics", PRIOR,
+        run(["-m", "iqp_plugin.cli.score", "-i", "data/train", "-o", SCORE_CSVS["minmax"], "--metrics", PRIOR,
              "--norm", "minmax"], work, work / "logs" / "score.log")
     other = work / SCORE_CSVS[norm]
     # from min-max's raw scores: scoring into a copy computes no unchanged image again; a copy whose sidecar still
@@ -206,8 +207,8 @@ def score_training_gt(work: Path, manifest: dict, norm: str = "minmax") -> dict:
     if not other.exists() or read_sidecar(sidecar_path(other)).get("norm") != norm:
         for path in (other.with_suffix(".json"), other):
             shutil.copyfile(csv.with_suffix(path.suffix), path)
-        run(["-m", "iqp_plugin.scoring", "-i", "data/train", "-o", SCORE_CSVS[norm], "--metrics", PRIOR, "--norm", norm],
-            work, work / "logs" / f"score_{norm}.log")
+        run(["-m", "iqp_plugin.cli.score", "-i", "data/train", "-o", SCORE_CSVS[norm], "--metrics", PRIOR,
+             "--norm", norm], work, work / "logs" / f"score_{norm}.log")
     scores = load_scores(csv)
     dirty = set(manifest["contaminated"])
     auc = {f"{PRIOR} (the prior)": _auc([s for n, s in scores.items() if n not in dirty],
@@ -225,7 +226,7 @@ def _auc(good: list[float], bad: list[float]) -> float | None:
 
 # ---------------------------------------------------------------- trainings
 def train(work: Path, config: str, device: torch.device, threads: int | None = None, **overrides) -> Path:
-    """Train configs/beyond_gt/<config>.yml in WORK (see ``benchmarks.quality.train``)."""
+    """Train benchmarks/configs/beyond_gt/<config>.yml in WORK (see ``benchmarks.quality.train``)."""
     return quality_train(work, config, device, threads, CONFIGS, **overrides)
 
 
@@ -282,7 +283,7 @@ def trainings(prefix: str, iters: dict, lq_from: str = "target", ablations: bool
 
     ``lq_from``: a key of :data:`LQ_FROM` (the oracle's targets are pristine, so its inputs are the same either
     way); ``ablations`` False keeps the :data:`CORE` trainings only; ``recipe``: a key of
-    :data:`iqp_plugin.recipes.RECIPES`. The filtering baselines train on WORK/data/train_top."""
+    :data:`iqp_plugin.archs.recipes.RECIPES`. The filtering baselines train on WORK/data/train_top."""
     r = RECIPES[recipe]
     host = read_options(str(CONFIGS / f"{prefix}_host.yml"))
     extra = sum(iters[s] for s in STAGES)
@@ -371,7 +372,7 @@ def metrics_of(images: torch.Tensor, pristine: torch.Tensor, nr: dict, device: t
     def u8(x: torch.Tensor) -> np.ndarray:
         return x.permute(1, 2, 0).mul(255).round().byte().numpy()
 
-    pairs = [full_reference(u8(a), u8(b)) for a, b in zip(images, pristine)]
+    pairs = [full_reference(u8(a), u8(b)) for a, b in zip(images, pristine, strict=False)]
     values = {m: [p[m] for p in pairs] for m in ("psnr", "ssim", "sharpness")}
     with torch.no_grad():
         for name, module in nr.items():
@@ -471,9 +472,11 @@ def precondition(out: Path, work: Path, families: list[str], budget: dict, devic
             "split": split, "families": fams}
     markdown = "\n".join([
         f"# Precondition of `{work.name}` ({split}; target 2a: host >= input + 1 dB, oracle >= host + 0.5 dB)", "",
-        "Prior AUC (pristine vs contaminated training GT): " + ", ".join(f"{k} {v:.3f}" for k, v in prior["auc"].items())
+        "Prior AUC (pristine vs contaminated training GT): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in prior["auc"].items())
         + f"; filtering's top {budget['top_percent']:g}% holds {100 * top_contaminated:.1f}% contaminated targets.", "",
-        markdown_table(["host family", "input PSNR", "host", "oracle", "host - input", "oracle - host", "valid"], rows)])
+        markdown_table(["host family", "input PSNR", "host", "oracle", "host - input", "oracle - host", "valid"],
+                       rows)])
     paths = write_results(out, "precondition" + ("" if split == "heldout" else f"_{split}"), data, markdown)
     log("\n" + markdown + f"\n\nwrote {paths[0]}, {paths[1]}")
     return data
@@ -523,7 +526,8 @@ def target_rows(per_image: dict, results: dict) -> dict:
         "1 the score steers": {"spearman": rho, "sweep": sweep, "met": all(r >= 0.9 for r in rho.values())},
         "2 the prior beats more training": {
             "host gain over input (dB)": gain, "oracle gap (dB)": gap, "setup valid": setup_valid(gain, gap),
-            "gap closed": closed, "verdict vs host": verdict["host"], "verdict vs host trained further": verdict[FURTHER],
+            "gap closed": closed, "verdict vs host": verdict["host"],
+            "verdict vs host trained further": verdict[FURTHER],
             "met": bool(setup_valid(gain, gap) and closed >= 0.5 and verdict["host"] == "better"
                         and verdict[FURTHER] == "better")},
         "3 it holds up against filtering": {"verdict vs host filtering": verdict[HOST_FILTERING],
@@ -565,7 +569,7 @@ def save_sweep(path: Path, results: dict[str, dict]) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, metric in zip(axes, ("psnr", "sharpness")):
+    for ax, metric in zip(axes, ("psnr", "sharpness"), strict=False):
         for k, (family, res) in enumerate(results.items()):
             colour = f"C{k}"
             means = [res[f"host + IQP @{s}"][metric]["mean"] for s in SCORES]
@@ -604,7 +608,8 @@ def target_table(tg: dict) -> str:
         f"{t2['gap closed']:.0%} closed; vs host: {t2['verdict vs host']}; vs trained further: "
         f"{t2['verdict vs host trained further']} | " + word[t2["met"]] + " |",
         f"| 3a. at least matches host filtering | {t3['verdict vs host filtering']} | " + word[t3["met"]] + " |",
-        f"| 3b. beats plug-in filtering (the prior adds beyond choosing the data) | {t3['verdict vs plug-in filtering']} | "
+        f"| 3b. beats plug-in filtering (the prior adds beyond choosing the data) | "
+        f"{t3['verdict vs plug-in filtering']} | "
         + word[t3["prior adds"]] + " |"])
 
 
@@ -639,7 +644,8 @@ def report(meta: dict, prior: dict, families: dict) -> str:
                 for name, stats in res.items()]
         lines += [f"## {family}", "", markdown_table(header, rows), "", f"![grid]({fam['grid']}) ", "",
                   "Targets:", "", target_table(tg), "",
-                  f"Paired differences of host + IQP @{TARGET} (mean ± s.e.; better/worse beyond {NOISE_SE:g} s.e.):", ""]
+                  f"Paired differences of host + IQP @{TARGET} (mean ± s.e.; "
+                  f"better/worse beyond {NOISE_SE:g} s.e.):", ""]
         rows = [[base] + [f"{d['mean']:+.3f} ± {d['sem']:.3f} ({d['verdict']})" for d in ms.values()]
                 for base, ms in tg["paired"].items()]
         rows += [[f"ablation: {name}"] + [f"{d['mean']:+.3f} ± {d['sem']:.3f} ({d['verdict']})" for d in ms.values()]
@@ -699,8 +705,8 @@ def main(argv: list[str] | None = None) -> dict:
     for family in families:
         prefix = HOSTS[family]
         per_image, images = step(f"{family} evaluate",
-                                 lambda p=prefix: evaluate(work, p, device, budget["iters"], args.ablations, args.recipe,
-                                                           split))
+                                 lambda p=prefix: evaluate(work, p, device, budget["iters"], args.ablations,
+                                                           args.recipe, split))
         results = {name: {m: summary(v) for m, v in values.items()} for name, values in per_image.items()}
         grid = f"grid_{family}{suffix}.png"
         out.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ From any folder of HQ images (central square resized to ``size``), in WORK/data:
 
 * ``heldout/``         the last ``heldout`` images, pristine: evaluation only, never trained on;
 * ``train/``           the first ``train`` of the others: a seeded ``fraction`` of them replaced by contaminated
-                       copies (``iqp_plugin.contamination``, at ``level``), the rest pristine. Every training
+                       copies (``iqp_plugin.data.contamination``, at ``level``), the rest pristine. Every training
                        except the oracle's reads this folder only;
 * ``train_pristine/``  the same training images, all pristine: the oracle's GT, read by nothing else;
 * ``manifest.json``    which training image is contaminated and how, and the three file lists;
@@ -20,20 +20,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from iqp_plugin.contamination import CONTAMINATION, write_mixed
-from iqp_plugin.datasets import fit_square, list_images, read_image
-from iqp_plugin.files import write_atomic
+from iqp_plugin.data.contamination import CONTAMINATION, write_mixed
+from iqp_plugin.data.datasets import fit_square, read_image
+from iqp_plugin.io.files import write_atomic
+from iqp_plugin.io.images import list_images, write_u8
 
 SPLITS = ("train", "train_pristine", "heldout")
 #: images in the development split
 DEVELOPMENT = 50
-
-
-def _png(path: Path, img: np.ndarray) -> None:
-    write_atomic(path, cv2.imencode(".png", img)[1].tobytes())
 
 
 def prepare(source: str | Path, work: Path, *, train: int, heldout: int, fraction: float, size: int,
@@ -69,7 +65,7 @@ def prepare(source: str | Path, work: Path, *, train: int, heldout: int, fractio
     contaminated = write_mixed({png[n]: square(n) for n in pool}, root / "train", root / "train_pristine",
                                fraction, seed, level)
     for name in held:
-        _png(root / "heldout" / png[name], square(name))
+        write_u8(root / "heldout" / png[name], square(name))
     manifest = {"source": str(source.resolve()), "args": args, "contamination": CONTAMINATION[level],
                 "contaminated": contaminated, **{s: list_images(root / s) for s in SPLITS}}
     write_atomic(manifest_path, json.dumps(manifest, indent=1))
@@ -93,7 +89,8 @@ def external(source: str | Path, work: Path, size: int) -> Path:
     if len(set(png.values())) < len(names):
         raise SystemExit(f"--eval {source}: two images share a name stem; rename one")
     for name in names:
-        _png(folder / png[name], (fit_square(read_image(source / name), size, "resize") * 255).round().astype(np.uint8))
+        write_u8(folder / png[name],
+                 (fit_square(read_image(source / name), size, "resize") * 255).round().astype(np.uint8))
     write_atomic(stamp, str(source))
     return folder
 

@@ -32,8 +32,8 @@ import torch  # noqa: E402
 
 from benchmarks.common import fmt_ratio, fmt_seconds, markdown_table, median, write_results  # noqa: E402
 from iqp_plugin import IQPWrapper  # noqa: E402
-from iqp_plugin.export import export  # noqa: E402
-from iqp_plugin.loading import load_wrapper, wrapper_options  # noqa: E402
+from iqp_plugin.inference.loading import load_wrapper, wrapper_options  # noqa: E402
+from iqp_plugin.inference.onnx import export  # noqa: E402
 
 TINY_CONFIGS = [REPO / "configs" / "tiny" / f"{name}_quality.yml" for name in ("swinir", "restoreformer")]
 

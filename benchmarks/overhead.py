@@ -12,14 +12,14 @@ Cases, per host:
 
 * ``host``: the host module's own forward (the user's baseline);
 * ``plugin``: ``IQPWrapper(plugin={})``, i.e. the host adapter's ``default_recipe`` (see
-  :mod:`iqp_plugin.recipes`): ``lean`` on CodeFormer and RestoreFormer (adaLN-single, similarity index heads,
+  :mod:`iqp_plugin.archs.recipes`): ``lean`` on CodeFormer and RestoreFormer (adaLN-single, similarity index heads,
   the host's own codebook borrowed), ``pixel`` on SwinIR (per-block adaLN, dense index heads, two 1024-code
   codebooks of its own, a code per bottleneck pixel, a 7x7 injection); score = the plug-in's inference target;
 * ``plugin_other``: the other recipe on the same host (``pixel`` on the face hosts, ``lean`` on SwinIR), so
   that both recipes are reported side by side; the JSON (``recipes`` per host, ``recipe`` per variant) and the
   markdown name the recipe of each case;
-* ``plugin_graphed`` (CUDA only): ``plugin`` replayed as a CUDA graph (:mod:`iqp_plugin.graphs`); its outputs
-  are checked against the eager plug-in's on the same bottleneck;
+* ``plugin_graphed`` (CUDA only): ``plugin`` replayed as a CUDA graph (:mod:`iqp_plugin.inference.cuda_graphs`); its
+  outputs are checked against the eager plug-in's on the same bottleneck;
 * training step (Adam lr 1e-4, L1 loss between the output and a random target, then ``zero_grad``):
   ``full`` fine-tunes every host parameter through the host's own forward (host in train mode);
   ``plugin``/``plugin_other`` train the plug-in only, host frozen and in eval mode, as
@@ -53,9 +53,21 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import (CPU_WORKER_ENV, fmt_bytes, fmt_count, fmt_ratio, fmt_seconds,  # noqa: E402
-                               interleaved_runs, markdown_table, median, module_tensors,
-                               optimizer_tensors, tensor_bytes, timed, write_results)
+from benchmarks.common import (  # noqa: E402
+    CPU_WORKER_ENV,
+    fmt_bytes,
+    fmt_count,
+    fmt_ratio,
+    fmt_seconds,
+    interleaved_runs,
+    markdown_table,
+    median,
+    module_tensors,
+    optimizer_tensors,
+    tensor_bytes,
+    timed,
+    write_results,
+)
 
 HOSTS = ("codeformer", "restoreformer", "swinir")
 FACE_HOSTS = ("codeformer", "restoreformer")
@@ -116,8 +128,11 @@ def log(msg: str) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 def _setup(spec: dict):
-    import iqp_plugin  # noqa: F401  (basicsr import fix + registrations, before basicsr)
     import torch
+
+    import iqp_plugin
+
+    iqp_plugin.register()
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     return torch
@@ -125,7 +140,7 @@ def _setup(spec: dict):
 
 def other_recipe(default: str) -> str:
     """The recipe that ``plugin_other`` measures: the first of :data:`RECIPES` that is not the host's default."""
-    from iqp_plugin.recipes import RECIPES
+    from iqp_plugin.archs.recipes import RECIPES
     return next(name for name in RECIPES if name != default)
 
 
@@ -133,7 +148,7 @@ def _build(spec: dict):
     """The wrapper (host + its default recipe's plug-in) and the extra plug-ins of this host, seeded."""
     torch = _setup(spec)
     from iqp_plugin import IQPWrapper
-    from iqp_plugin.plugin import IQPPlugin
+    from iqp_plugin.archs.plugin import IQPPlugin
     cfg = HOST_CONFIGS[spec["configs"]][spec["host"]]
     plugin_opt = dict(TINY_PLUGIN if spec["configs"] == "tiny" else {})
     torch.manual_seed(0)
@@ -157,7 +172,7 @@ def _image(torch, size: int, rng: tuple[float, float], device, batch: int, seed:
 
 
 def _param_counts(wrapper, plugins) -> dict:
-    from iqp_plugin.codebook import Codebook
+    from iqp_plugin.archs.codebook import Codebook
     host = sum(p.numel() for p in wrapper.host.parameters())
     out = {"host": host, "recipes": recipes_of(plugins), "variants": {}}
     for name, plugin in plugins.items():
@@ -209,7 +224,7 @@ def worker_infer(spec: dict) -> dict:
 
     cases = {"host": host_case, **{name: plugin_case(name) for name in plugins}}
     if device.type == "cuda":  # the default plug-in's kernels launched as one CUDA graph
-        from iqp_plugin.graphs import GraphedPlugin
+        from iqp_plugin.inference.cuda_graphs import GraphedPlugin
 
         graphed = GraphedPlugin(plugins["plugin"])
 
@@ -231,8 +246,8 @@ def worker_infer(spec: dict) -> dict:
         log(f"{tag} fresh plug-in vs host output: max |diff| = {diff:.2e}")
         # the plug-in alone on the host's bottleneck (captured in the runs above): a low-noise estimate
         # of the added latency
-        alone = interleaved_runs({name: (lambda p=p: p(*bottleneck[name])) for name, p in plugins.items()}, device,
-                                 1, max(5, spec["infer_repeats"]))
+        alone = interleaved_runs({name: (lambda p=p, name=name: p(*bottleneck[name]))
+                                  for name, p in plugins.items()}, device, 1, max(5, spec["infer_repeats"]))
         for h in hooks:
             h.remove()
         graph_diff = None
@@ -243,7 +258,8 @@ def worker_infer(spec: dict) -> dict:
             log(f"{tag} CUDA graph vs eager plug-in: max |diff| = {graph_diff:.2e}")
     variants = {}
     for name, r in runs.items():
-        live = tensor_bytes(module_tensors(host, None if name == "host" else plugins.get(name, plugins["plugin"])) + [x])
+        live = tensor_bytes(module_tensors(host, None if name == "host" else plugins.get(name, plugins["plugin"]))
+                            + [x])
         growth = max(r["growth"])
         variants[name] = {"recipe": recipes_of(plugins).get(name), "times_s": r["times"],
                           "median_s": median(r["times"]), "min_s": min(r["times"]),
@@ -341,7 +357,8 @@ def worker_train(spec: dict) -> dict:
     notes = []
     if spec["host"] == "swinir" and spec.get("swinir_train_size") and spec["swinir_train_size"] != size:
         size = spec["swinir_train_size"]
-        notes.append(f"SwinIR training step measured on a {size}x{size} LR input (inference: {cfg['size']}x{cfg['size']}): "
+        notes.append(f"SwinIR training step measured on a {size}x{size} LR input "
+                     f"(inference: {cfg['size']}x{cfg['size']}): "
                      f"full fine-tuning at the inference size does not fit this budget/device")
     tag = f"[{spec['host']}/training]"
     while True:
@@ -412,11 +429,13 @@ def worker_profile(spec: dict) -> dict:
             parts = {"host encoder": [], "plug-in": [], "host decoder": []}
             for _ in range(max(1, min(3, spec["infer_repeats"]))):
                 holder = {}
-                parts["host encoder"].append(timed(lambda: holder.update(b=adapter.encode(x, **kwargs)), device))
+                parts["host encoder"].append(timed(lambda holder=holder: holder.update(b=adapter.encode(x, **kwargs)),
+                                                   device))
                 b = holder["b"]
-                parts["plug-in"].append(timed(lambda: holder.update(z=plugin(b.feat, b.z).z), device))
+                parts["plug-in"].append(timed(lambda holder=holder, b=b: holder.update(z=plugin(b.feat, b.z).z),
+                                              device))
                 b.z = holder["z"]
-                parts["host decoder"].append(timed(lambda: adapter.decode(b, **kwargs), device))
+                parts["host decoder"].append(timed(lambda b=b: adapter.decode(b, **kwargs), device))
             med = {k: median(v) for k, v in parts.items()}
             total = sum(med.values())
             out["parts"] = {k: {"median_s": v, "share": v / total} for k, v in med.items()}
@@ -445,7 +464,8 @@ def worker_profile(spec: dict) -> dict:
             torch, lambda: F.l1_loss(_host_out(host(x, **kwargs)), gt), {"host": host})
         host.requires_grad_(False).eval()
         for case, per in out["saved_for_backward"].items():
-            log(f"{tag} saved for backward, {case} step: " + ", ".join(f"{k} {fmt_bytes(v)}" for k, v in list(per.items())[:4]))
+            log(f"{tag} saved for backward, {case} step: "
+                + ", ".join(f"{k} {fmt_bytes(v)}" for k, v in list(per.items())[:4]))
         cases, _ = _train_cases(torch, wrapper, {"plugin": plugins["plugin"]}, x, gt, kwargs)
         with profile(activities=activities, profile_memory=True) as prof:
             cases["plugin"]()
@@ -570,9 +590,9 @@ def evaluate_targets(results: dict, budget: str) -> list[dict]:
 def render_markdown(data: dict) -> str:
     meta, results = data["meta"], data["results"]
     lines = [f"# Plug-in overhead ({meta['device_name']}, budget {meta['budget']}, torch {meta['torch']})", ""]
-    lines += ["Random seeded weights, fp32, batch %d. Ratios are the result (measured in the same worker process, "
-              "interleaved); absolute times are context only. Peak memory = live tensors (weights, buffers, "
-              "optimizer state, inputs) + measured peak growth during the call (%s)." % (meta["batch"], meta["memory"]), ""]
+    lines += [f"Random seeded weights, fp32, batch {meta['batch']}. Ratios are the result (measured in the same worker "
+              "process, interleaved); absolute times are context only. Peak memory = live tensors (weights, buffers, "
+              f"optimizer state, inputs) + measured peak growth during the call ({meta['memory']}).", ""]
     rows = []
     for host, res in results.items():
         params = res.get("params")
@@ -632,7 +652,8 @@ def render_markdown(data: dict) -> str:
         lines += [f"## Profile: {key}", ""]
         if "parts" in prof:
             lines += [markdown_table(["part", "median", "share"],
-                                     [[k, fmt_seconds(v["median_s"]), f"{v['share']:.1%}"] for k, v in prof["parts"].items()]), ""]
+                                     [[k, fmt_seconds(v["median_s"]), f"{v['share']:.1%}"]
+                                      for k, v in prof["parts"].items()]), ""]
         if "dominant" in prof:
             lines += [f"Dominates: {prof['dominant']}", ""]
         if "top_ops" in prof:
@@ -640,7 +661,8 @@ def render_markdown(data: dict) -> str:
     for host, res in results.items():
         diff = (res.get("inference") or {}).get("max_abs_diff_fresh_plugin_vs_host")
         if diff is not None:
-            notes.append(f"{host}: a fresh (zero-initialised) plug-in reproduces the host output, max |diff| = {diff:.1e}")
+            notes.append(f"{host}: a fresh (zero-initialised) plug-in reproduces the host output, "
+                         f"max |diff| = {diff:.1e}")
     errors = [f"{h}: {p}: {r[p]['error']}" for h, r in results.items() for p in ("inference", "training")
               if isinstance(r.get(p), dict) and "error" in r[p]]
     all_notes = meta.get("notes", []) + notes + errors
@@ -717,7 +739,8 @@ def main(argv=None) -> int:
     data = {"meta": {
         "script": "benchmarks/overhead.py", "argv": sys.argv[1:], "device": args.device, "budget": args.budget,
         "batch": args.batch, "torch": torch.__version__, "python": platform.python_version(),
-        "device_name": torch.cuda.get_device_name() if args.device == "cuda" else _cpu_name(), "threads": args.threads or "torch default",
+        "device_name": torch.cuda.get_device_name() if args.device == "cuda" else _cpu_name(),
+        "threads": args.threads or "torch default",
         "cpu_env": CPU_WORKER_ENV if args.device == "cpu" else None,
         "memory": "CUDA: max_memory_allocated growth" if args.device == "cuda"
         else "CPU: resident-set high-water-mark growth, VmHWM reset via /proc/self/clear_refs",
@@ -729,7 +752,8 @@ def main(argv=None) -> int:
         "results": results}
     if budget["configs"] == "tiny":
         data["meta"]["notes"].append("tiny configurations (test of the script): the ratios say nothing about the "
-                                     "full-size hosts; CodeFormer's VQGAN is fixed by its arch, only its Transformer shrinks")
+                                     "full-size hosts; CodeFormer's VQGAN is fixed by its arch, "
+                                     "only its Transformer shrinks")
     data["targets"] = evaluate_targets(results, args.budget)
 
     profiles = {}
@@ -743,7 +767,8 @@ def main(argv=None) -> int:
                 p = results[where["host"]]["params"]["variants"]
                 recipes = results[where["host"]].get("recipes")
                 profiles[key] = {"dominant": ", ".join(f"{variant_label(n, recipes)}: {fmt_count(v['trainable'])} "
-                                                       f"trainable + {fmt_count(v['codebook_entries'])} codebook entries"
+                                                       f"trainable + {fmt_count(v['codebook_entries'])} "
+                                                       "codebook entries"
                                                        for n, v in p.items())}
                 continue
             log(f"== target missed: {t['target']}; profiling {key}")

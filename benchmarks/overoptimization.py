@@ -3,7 +3,7 @@
 The paper's claim (IQPIR, component 3): an NR-IQA loss back-propagated into a *continuous* latent
 over-optimises (the trained metric improves while the image, judged otherwise, gets worse); through
 *discrete* codes (straight-through over the code choice) it does not. Here the quality stage of
-configs/bench/face_quality.yml runs twice from the same stage-2 plug-in, ``quality_mode: discrete`` and
+benchmarks/configs/quality/face_quality.yml runs twice from the same stage-2 plug-in, ``quality_mode: discrete`` and
 ``quality_mode: continuous`` (the plug-in decodes a softmax mixture of codes), with everything else equal;
 both runs use ``--quality-weight`` (default 1.0; the config's 0.15 barely moves NIQE in a short run, and
 over-optimisation needs pressure to show) and ``--lr`` (default 3e-4: NIQE as a loss is noisy).
@@ -34,14 +34,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: idle OpenMP
 import torch  # noqa: E402
 
 from benchmarks import quality as q  # noqa: E402
-from iqp_plugin.evaluation import summary  # noqa: E402
 from benchmarks.common import markdown_table, write_results  # noqa: E402
-from iqp_plugin.devices import resolve_device  # noqa: E402
-from iqp_plugin.loading import load_wrapper  # noqa: E402
+from iqp_plugin.inference.devices import resolve_device  # noqa: E402
+from iqp_plugin.inference.loading import load_wrapper  # noqa: E402
+from iqp_plugin.report.metrics import summary  # noqa: E402
 
 MODES = ("discrete", "continuous")
 #: quality-stage iterations of each run and the evaluation interval (held-out images: quality.py's budget)
-BUDGETS = {"tiny": {"iters": 4, "every": 2}, "small": {"iters": 100, "every": 20}, "full": {"iters": 10000, "every": 1000}}
+BUDGETS = {"tiny": {"iters": 4, "every": 2}, "small": {"iters": 100, "every": 20},
+           "full": {"iters": 10000, "every": 1000}}
 CURVE_METRICS = ("niqe", "piqe", "psnr")
 
 
@@ -56,8 +57,9 @@ def evaluate(work: Path, plugin_file: Path, mode: str, samples, nr, device) -> d
 
 def claim(first: dict, last: dict) -> dict:
     """Whether the paper's claim holds on the per-image changes from iteration 0 (``first``: mode -> per-image
-    metrics of the shared stage-2 plug-in, decoded as that mode decodes) to the end of each run (``last``: mode -> per-image metrics). A change counts only when it exceeds two
-    standard errors of its paired per-image differences."""
+    metrics of the shared stage-2 plug-in, decoded as that mode decodes) to the end of each run (``last``: mode ->
+    per-image metrics). A change counts only when it exceeds two standard errors of its paired per-image
+    differences."""
     change = {mode: {m: q.paired_delta(last[mode][m], first[mode][m]) for m in CURVE_METRICS} for mode in MODES}
     gap = {m: q.paired_delta(last["continuous"][m], last["discrete"][m]) for m in CURVE_METRICS}
 
@@ -68,16 +70,19 @@ def claim(first: dict, last: dict) -> dict:
     worse = [w for w, m, sign in (("PIQE", "piqe", 1), ("PSNR", "psnr", -1)) if beyond_noise(gap[m], sign)]
     holds = niqe_improves and bool(worse)
     if holds:
-        text = f"holds here: continuous optimisation lowers NIQE while {' and '.join(worse)} degrade more than in the discrete run"
+        text = (f"holds here: continuous optimisation lowers NIQE while {' and '.join(worse)} degrade more than in the "
+                "discrete run")
     elif not niqe_improves:
         text = "is not shown here: continuous optimisation does not lower the held-out faces' NIQE beyond noise"
     else:
-        text = "does not hold here: continuous optimisation lowers NIQE, but PIQE and PSNR do not degrade more than in the discrete run"
+        text = ("does not hold here: continuous optimisation lowers NIQE, but PIQE and PSNR do not degrade more "
+                "than in the discrete run")
 
     def pm(stat: dict, digits: int) -> str:
         return f"{stat['mean']:+.{digits}f} ± {stat['sem']:.{digits}f}"
 
-    why = "; ".join(f"{m.upper()} continuous {pm(change['continuous'][m], d)}, discrete {pm(change['discrete'][m], d)}, "
+    why = "; ".join(f"{m.upper()} continuous {pm(change['continuous'][m], d)}, "
+                    f"discrete {pm(change['discrete'][m], d)}, "
                     f"continuous - discrete {pm(gap[m], d)}" for m, d in (("niqe", 3), ("piqe", 2), ("psnr", 3)))
     return {"holds": holds, "change": change, "continuous_minus_discrete": gap,
             "text": f"The paper's claim {text} (changes from iteration 0, mean ± standard error over images: {why})."}
@@ -92,7 +97,7 @@ def plot(curves: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
     labels = {"niqe": "NIQE ↓ (trained)", "piqe": "PIQE ↓ (held out)", "psnr": "PSNR ↑ (dB)"}
-    for ax, metric in zip(axes, CURVE_METRICS):
+    for ax, metric in zip(axes, CURVE_METRICS, strict=False):
         for mode, points in curves.items():
             ax.plot([p["iter"] for p in points], [p[metric] for p in points], marker="o", label=mode)
         ax.set_title(labels[metric])
@@ -109,7 +114,7 @@ def report(curves: dict, verdict: dict, meta: dict) -> str:
     header = ["iter"] + [f"{mode} {label}" for mode in MODES for label in ("NIQE ↓", "PIQE ↓", "PSNR ↑")]
     rows = [[a["iter"]] + [f"{p['niqe']:.3f}" if m == "niqe" else f"{p[m]:.2f}"
                            for p in (a, b) for m in CURVE_METRICS]
-            for a, b in zip(curves["discrete"], curves["continuous"])]
+            for a, b in zip(curves["discrete"], curves["continuous"], strict=False)]
     return "\n".join([
         f"# Over-optimisation: discrete vs continuous quality optimisation (budget {meta['budget']}, {meta['device']})",
         "", f"Quality stage (NIQE loss weight {meta['quality_loss_weight']}, lr {meta['lr']}) from the same stage-2 "
@@ -125,8 +130,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--work", help="benchmarks/quality.py's work folder to reuse (default: "
                                   "benchmarks/out/quality/work_<budget>)")
     p.add_argument("--quality-weight", type=float, default=1.0,
-                   help="NIQE loss weight of both runs (face_quality.yml has 0.15; stronger pressure exposes over-optimisation)")
-    p.add_argument("--lr", type=float, default=3e-4, help="Adam lr of both runs (NIQE as a loss is noisy: keep it modest)")
+                   help="NIQE loss weight of both runs (face_quality.yml has 0.15; stronger pressure exposes "
+                        "over-optimisation)")
+    p.add_argument("--lr", type=float, default=3e-4,
+                   help="Adam lr of both runs (NIQE as a loss is noisy: keep it modest)")
     args = p.parse_args(argv)
     start = time.perf_counter()
     device = resolve_device(args.device)
@@ -163,7 +170,8 @@ def main(argv: list[str] | None = None) -> dict:
     meta = {"budget": args.budget, "device": str(device), "wall_s": round(time.perf_counter() - start, 1),
             "steps_s": times, "iters": budget["iters"], "every": budget["every"], "n_heldout": len(samples[0]),
             "quality_loss_weight": args.quality_weight, "lr": args.lr,
-            "config": "configs/bench/face_quality.yml", "work": work.name, "start": str(stage2.relative_to(work)),
+            "config": "benchmarks/configs/quality/face_quality.yml", "work": work.name,
+            "start": str(stage2.relative_to(work)),
             "plot": "overoptimization.png",
             "torch": torch.__version__}
     result = {"meta": meta, "curves": curves, "claim": verdict}

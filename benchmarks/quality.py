@@ -5,9 +5,9 @@ A small, fully reproducible version of the paper's claim (seeded data, degradati
 1. data       DATA/faces_hq_celeba128 (``--data DATA``; 900 aligned 128 px faces): the last ``heldout`` images are
               held out, training uses the first ``train`` of the rest (symlinks in WORK/data/{train,heldout});
 2. score      ``iqp score`` with the offline prior (NIQE) on the training faces -> WORK/data/train_scores.csv;
-3. host       configs/bench/face_host.yml: a small SwinIR x1 face restorer trained from scratch by BasicSR's
-              SRModel on online degradations (blur sigma 0.2-3, downsample 1-6x, noise 0-10, JPEG 40-90);
-4-6. plug-in  configs/bench/face_{codebook,predictor,quality}.yml: the three IQP stages, host frozen;
+3. host       benchmarks/configs/quality/face_host.yml: a small SwinIR x1 face restorer trained from scratch by
+              BasicSR's SRModel on online degradations (blur sigma 0.2-3, downsample 1-6x, noise 0-10, JPEG 40-90);
+4-6. plug-in  benchmarks/configs/quality/face_{codebook,predictor,quality}.yml: the three IQP stages, host frozen;
 7. control    face_host.yml again, continued from the host checkpoint for as many iterations as the three
               plug-in stages together, without the prior ('host fine-tuned'), so that more training is not
               mistaken for the prior;
@@ -16,7 +16,7 @@ A small, fully reproducible version of the paper's claim (seeded data, degradati
               DATA/faces_real_lq (46 real degraded faces, resized to 128 px, no GT): NIQE and PIQE.
               Outputs are rounded to 8 bit before scoring, as saved images would be.
 
-Every training runs the project's entry point (``python -m iqp_plugin.train -opt configs/bench/X.yml
+Every training runs the project's entry point (``python -m iqp_plugin.train -opt benchmarks/configs/quality/X.yml
 --force_yml ...``) in WORK = OUT/work_<budget>; the budget only changes iteration counts and image counts.
 A rerun reuses the data, the scores and every training whose ``net_g_latest.pth`` exists.
 
@@ -42,14 +42,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.common import markdown_table, write_results  # noqa: E402
-from iqp_plugin.datasets import IQPDegradedDataset, fit_square, list_images, read_image  # noqa: E402
-from iqp_plugin.devices import resolve_device  # noqa: E402
-from iqp_plugin.evaluation import NOISE_SE, summary  # noqa: E402
-from iqp_plugin.loading import load_wrapper  # noqa: E402
-from iqp_plugin.quality import create_prior  # noqa: E402
-from iqp_plugin.options import read_options  # noqa: E402
+from iqp_plugin.data.datasets import IQPDegradedDataset, fit_square, read_image  # noqa: E402
+from iqp_plugin.inference.devices import resolve_device  # noqa: E402
+from iqp_plugin.inference.loading import load_wrapper  # noqa: E402
+from iqp_plugin.io.images import list_images  # noqa: E402
+from iqp_plugin.io.options import read_options  # noqa: E402
+from iqp_plugin.prior.metrics import create_prior  # noqa: E402
+from iqp_plugin.report.metrics import NOISE_SE, summary  # noqa: E402
 
-CONFIGS = REPO / "configs" / "bench"
+CONFIGS = REPO / "benchmarks" / "configs" / "quality"
 SIZE = 128
 HOLDOUT = 100  # the last HOLDOUT faces are never trained on
 #: images and training iterations of each budget (the fine-tuned host gets codebook + predictor + quality)
@@ -112,7 +113,7 @@ def run(cmd: list[str], work: Path, logfile: Path, threads: int | None = None) -
 def score(work: Path) -> None:
     """Offline-prior (NIQE) scores of the training faces, once."""
     if not (work / "data" / "train_scores.csv").exists():
-        run(["-m", "iqp_plugin.scoring", "-i", "data/train", "-o", "data/train_scores.csv", "--metrics", "niqe"],
+        run(["-m", "iqp_plugin.cli.score", "-i", "data/train", "-o", "data/train_scores.csv", "--metrics", "niqe"],
             work, work / "logs" / "score.log")
 
 
@@ -123,7 +124,7 @@ def checkpoint(work: Path, name: str, label: str = "latest") -> Path:
 
 def train(work: Path, config: str, device: torch.device, threads: int | None = None, configs: Path = CONFIGS,
           **overrides) -> Path:
-    """Train ``configs``/<config>.yml (default configs/bench) in WORK with ``--force_yml`` overrides
+    """Train ``configs``/<config>.yml (default benchmarks/configs/quality) in WORK with ``--force_yml`` overrides
     ({'a:b': value}, 'name' first) and ``threads`` OpenMP threads; skipped when its ``net_g_latest.pth``
     exists. Returns that file."""
     overrides = {"num_gpu": int(device.type == "cuda"), **overrides}
@@ -223,7 +224,7 @@ def image_metrics(images: list[torch.Tensor], gts: list[torch.Tensor] | None, nr
             for name, module in nr.items():
                 values[name] += module(x).reshape(-1).double().cpu().tolist()
     if gts is not None:
-        pairs = [(tensor2img(a), tensor2img(b)) for a, b in zip(images, gts)]
+        pairs = [(tensor2img(a), tensor2img(b)) for a, b in zip(images, gts, strict=False)]
         values["psnr"] = [calculate_psnr(a, b, crop_border=0) for a, b in pairs]
         values["ssim"] = [calculate_ssim(a, b, crop_border=0) for a, b in pairs]
     return values
@@ -231,7 +232,7 @@ def image_metrics(images: list[torch.Tensor], gts: list[torch.Tensor] | None, nr
 
 def paired_delta(a: list[float], b: list[float]) -> dict:
     """Mean and standard error of the per-image difference a - b (same images)."""
-    return summary([x - y for x, y in zip(a, b)])
+    return summary([x - y for x, y in zip(a, b, strict=False)])
 
 
 def nr_modules(device: torch.device) -> dict:
@@ -298,7 +299,8 @@ def main(argv: list[str] | None = None) -> dict:
     host_ckpt = checkpoint(work, "bench_face_host")
     nets = {"input (LQ)": None,
             "host": load_wrapper(wrapper_net(host_ckpt), device=device),
-            "host + IQP": load_wrapper(wrapper_net(host_ckpt, plugin=True), str(checkpoint(work, "bench_face_quality")), device),
+            "host + IQP": load_wrapper(wrapper_net(host_ckpt, plugin=True), str(checkpoint(work, "bench_face_quality")),
+                                       device),
             "host fine-tuned": load_wrapper(wrapper_net(ft_ckpt), device=device)}
     nr = nr_modules(device)
     lqs, gts = heldout_samples(work)
@@ -321,7 +323,7 @@ def main(argv: list[str] | None = None) -> dict:
             "steps_s": times, "iters": budget["iters"], "finetune_iters": ft["train:total_iter"],
             "n_train": budget["train"], "n_heldout": len(lqs), "n_real": len(reals), "image_size": SIZE,
             "metrics": {m: {"lower_better": lb, "role": role} for m, (lb, role) in METRICS.items()},
-            "configs": [f"configs/bench/face_{c}.yml" for c in ("host", *STAGES)], "work": str(work),
+            "configs": [f"benchmarks/configs/quality/face_{c}.yml" for c in ("host", *STAGES)], "work": str(work),
             "torch": torch.__version__, "python": platform.python_version()}
     out = {"meta": meta, "results": results, "deltas": deltas}
     markdown = report(results, deltas, meta)

@@ -70,9 +70,11 @@ def rows_of(points: dict) -> list[dict]:
             res, tg = fam["results"], fam["targets"]
             t2, t3 = tg["2 the prior beats more training"], tg["3 it holds up against filtering"]
             rows.append({"lq_from": lq_from, "fraction": fraction, "family": family,
-                         "psnr": {s: res[s]["psnr"] for s in SYSTEMS}, "sharpness": {s: res[s]["sharpness"] for s in SYSTEMS},
+                         "psnr": {s: res[s]["psnr"] for s in SYSTEMS},
+                         "sharpness": {s: res[s]["sharpness"] for s in SYSTEMS},
                          "rho": tg["1 the score steers"]["spearman"]["psnr"], "valid": t2["setup valid"],
-                         "gap closed": t2["gap closed"], "vs host filtering": tg["paired"][beyond_gt.HOST_FILTERING]["psnr"],
+                         "gap closed": t2["gap closed"],
+                         "vs host filtering": tg["paired"][beyond_gt.HOST_FILTERING]["psnr"],
                          "vs plug-in filtering": tg["paired"][beyond_gt.PLUGIN_FILTERING]["psnr"],
                          "verdict vs host filtering": t3["verdict vs host filtering"],
                          "verdict vs plug-in filtering": t3["verdict vs plug-in filtering"],
@@ -90,10 +92,10 @@ def save_figure(path: Path, rows: list[dict]) -> None:
 
     sources = sorted({r["lq_from"] for r in rows})
     fig, axes = plt.subplots(len(sources), 2, figsize=(11, 3.8 * len(sources)), squeeze=False)
-    for axes_row, lq_from in zip(axes, sources):
+    for axes_row, lq_from in zip(axes, sources, strict=False):
         mine = [r for r in rows if r["lq_from"] == lq_from]
         x = [r["fraction"] for r in mine]
-        for ax, metric in zip(axes_row, ("psnr", "sharpness")):
+        for ax, metric in zip(axes_row, ("psnr", "sharpness"), strict=False):
             for k, system in enumerate(SYSTEMS):
                 ax.errorbar(x, [r[metric][system]["mean"] for r in mine], yerr=[r[metric][system]["sem"] for r in mine],
                             fmt="-o" if system.startswith("host + IQP") else "--.", color=f"C{k}", label=system,
@@ -111,12 +113,15 @@ def save_figure(path: Path, rows: list[dict]) -> None:
 def markdown(rows: list[dict], meta: dict) -> str:
     header = ["inputs from", "fraction", *SYSTEMS, "IQP - host filtering", "IQP - plug-in filtering", "ρ", "valid",
               "point (min)"]
-    table = [[r["lq_from"], f"{r['fraction']:g}", *(f"{r['psnr'][s]['mean']:.2f} ± {r['psnr'][s]['sem']:.2f}" for s in SYSTEMS),
-              f"{r['vs host filtering']['mean']:+.3f} ± {r['vs host filtering']['sem']:.3f} ({r['verdict vs host filtering']})",
+    table = [[r["lq_from"], f"{r['fraction']:g}",
+              *(f"{r['psnr'][s]['mean']:.2f} ± {r['psnr'][s]['sem']:.2f}" for s in SYSTEMS),
+              f"{r['vs host filtering']['mean']:+.3f} ± {r['vs host filtering']['sem']:.3f} "
+              f"({r['verdict vs host filtering']})",
               f"{r['vs plug-in filtering']['mean']:+.3f} ± {r['vs plug-in filtering']['sem']:.3f} "
               f"({r['verdict vs plug-in filtering']})", f"{r['rho']:+.2f}", "yes" if r["valid"] else "no",
               f"{r['wall_s'] / 60:.0f}"] for r in rows]
-    return "\n".join([f"# Regime map: recipe `{meta['recipe']}`, budget {meta['budget']} ({meta['wall_s'] / 60:.0f} min)", "",
+    return "\n".join([f"# Regime map: recipe `{meta['recipe']}`, budget {meta['budget']} "
+                      f"({meta['wall_s'] / 60:.0f} min)", "",
                       "PSNR against the pristine held-out images (mean ± s.e.); host + IQP at the target score; paired "
                       "differences of host + IQP with their verdicts (better / worse beyond 2 s.e.). Valid: host ≥ "
                       "input + 1 dB and oracle ≥ host + 0.5 dB.", "", markdown_table(header, table), "",

@@ -8,7 +8,7 @@ machine slows them alike:
   ``--data`` (copied into a temporary folder);
 * ``pyiqa niqe -t DIR`` (``python -m pyiqa.pyiqa_cmd``): pyiqa's command on the same folder; target:
   ``iqp score`` at least 2x faster;
-* ``import iqp_plugin``: what registering the project in BasicSR costs (context: ``iqp train``, ``restore``,
+* ``iqp_plugin.register()``: what registering the project in BasicSR costs (context: ``iqp train``, ``restore``,
   ``compare`` and ``export`` pay it, ``score`` and ``--help`` do not).
 
 Both scorers compute NIQE with pyiqa's defaults, so their mean scores are reported side by side as a check.
@@ -33,7 +33,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.common import markdown_table, median, write_results  # noqa: E402
-from iqp_plugin.files import image_files  # noqa: E402
+from iqp_plugin.io.files import image_files  # noqa: E402
 
 TARGETS = {"help_s": 1.0, "arg_error_s": 1.0, "score_speedup": 2.0}
 
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
     images = image_files(args.data)[: args.count]
     if len(images) < args.count:
         raise SystemExit(f"--data {args.data}: {len(images)} images, --count asks for {args.count}")
-    from iqp_plugin.offline_metrics import build_niqe_params
+    from iqp_plugin.prior.offline import build_niqe_params
 
     build_niqe_params()  # pyiqa's command then finds NIQE's parameter file and never tries to download it
     os.environ["HF_HUB_OFFLINE"] = "1"  # inherited by every case
@@ -94,11 +94,11 @@ def main(argv: list[str] | None = None) -> dict:
             shutil.copy2(path, folder / path.name)
         csv_path = tmp / "scores" / "scores.csv"
         cases = {
-            "iqp --help": [py, "-m", "iqp_cli", "--help"],
-            "iqp score (argument error)": [py, "-m", "iqp_cli", "score", "--bogus"],
-            "iqp score": [py, "-m", "iqp_cli", "score", "-i", str(folder), "-o", str(csv_path), "--replace"],
+            "iqp --help": [py, "-m", "iqp_plugin.cli", "--help"],
+            "iqp score (argument error)": [py, "-m", "iqp_plugin.cli", "score", "--bogus"],
+            "iqp score": [py, "-m", "iqp_plugin.cli", "score", "-i", str(folder), "-o", str(csv_path), "--replace"],
             "pyiqa niqe -t DIR": [py, "-m", "pyiqa.pyiqa_cmd", "niqe", "-t", str(folder)],
-            "import iqp_plugin": [py, "-c", "import iqp_plugin"],
+            "iqp_plugin.register()": [py, "-c", "import iqp_plugin; iqp_plugin.register()"],
         }
         times: dict[str, list[float]] = {name: [] for name in cases}
         means = {}

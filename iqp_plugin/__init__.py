@@ -1,10 +1,14 @@
 """iqp-plugin: a plug-and-play Image Quality Prior (IQPIR) module for BasicSR restoration models.
 
-Importing the package makes basicsr importable on current torchvision and registers every arch,
-model, dataset and loss of the project in BasicSR's registries (:func:`register`). The ``iqp`` command
-(:mod:`iqp_cli`) defers this to the commands that build models, so that it starts in a fraction of a second.
+Importing the package is light (no torch, no BasicSR) and makes basicsr importable on current torchvision
+(:mod:`iqp_plugin._compat`). :func:`register` registers every arch, model, dataset and loss of the project in
+BasicSR's registries; it runs when ``IQPWrapper`` is first accessed, in ``python -m iqp_plugin.train`` and in the
+``iqp`` commands that build models. Call it yourself before BasicSR builds a ``type: IQPWrapper`` (or any project
+type) from a YAML.
 """
-import sys
+from iqp_plugin import _compat
+
+_compat.install()  # basicsr on current torchvision; imports nothing heavy
 
 __all__ = ["IQPWrapper", "register"]
 __version__ = "0.1.0"
@@ -12,18 +16,17 @@ __version__ = "0.1.0"
 
 def register() -> None:
     """Register the project's host archs and adapters, datasets, models and losses in BasicSR's registries."""
-    from iqp_plugin import _compat  # noqa: F401  (must run before basicsr is imported)
-    import adapters  # noqa: F401  (host archs and adapters)
-    from iqp_plugin import datasets, host_model, losses, model, wrapper  # noqa: F401  (IQPWrapper, datasets, models, QualityLoss)
+    from iqp_plugin import adapters  # noqa: F401  (host archs and adapters)
+    from iqp_plugin.archs import wrapper  # noqa: F401  (IQPWrapper)
+    from iqp_plugin.data import datasets  # noqa: F401
+    from iqp_plugin.models import iqp_model, vq_host_model  # noqa: F401
+    from iqp_plugin.prior import loss  # noqa: F401  (QualityLoss)
 
 
 def __getattr__(name: str):
     if name == "IQPWrapper":
-        from iqp_plugin.wrapper import IQPWrapper
+        register()
+        from iqp_plugin.archs.wrapper import IQPWrapper
 
         return IQPWrapper
     raise AttributeError(f"module 'iqp_plugin' has no attribute {name!r}")
-
-
-if not getattr(sys.modules.get("iqp_cli"), "DEFER_REGISTRATION", False):
-    register()

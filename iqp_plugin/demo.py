@@ -16,7 +16,7 @@
 3. host       ``iqp train -opt configs/demo/host_swinir.yml``: a small SwinIR x1 (noise and JPEG removal)
               trained from scratch by BasicSR's SRModel on the mixed GT (skipped with ``--host-checkpoint``)
 4-6. codebook, predictor, quality: the three plug-in stages (configs/demo/{codebook,predictor,quality}.yml) with
-              the named recipe's plug-in, data and stage-2 options (``--recipe``, iqp_plugin/recipes.py: the ones
+              the named recipe's plug-in, data and stage-2 options (``--recipe``, iqp_plugin/archs/recipes.py: the ones
               the benchmark measured and ``plugin: {}`` gives a SwinIR host)
 7. compare    the held-out split's seeded degraded inputs and pristine GT -> OUT/data/heldout_{lq,gt}; then
               ``iqp compare`` with OUT/wrapper.yml (host + plug-in), the plug-in asked for scores 0.1 to 0.95
@@ -43,17 +43,17 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import yaml
 from tqdm import tqdm
 
-from iqp_plugin.contamination import write_mixed
-from iqp_plugin.datasets import IQPDegradedDataset, list_images, read_image
-from iqp_plugin.files import write_atomic
-from iqp_plugin.options import read_options
-from iqp_plugin.recipes import RECIPES
-from iqp_plugin.sample_data import write_crops
-from iqp_plugin.score_files import sidecar_path
+from iqp_plugin.archs.recipes import RECIPES
+from iqp_plugin.data.contamination import write_mixed
+from iqp_plugin.data.datasets import IQPDegradedDataset, read_image
+from iqp_plugin.data.sample_data import write_crops
+from iqp_plugin.errors import InvalidInputError
+from iqp_plugin.io.images import Picture, list_images, write_picture
+from iqp_plugin.io.options import read_options
+from iqp_plugin.prior.score_files import sidecar_path
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"
 STAGES = ("codebook", "predictor", "quality")
@@ -90,12 +90,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                       "(default: the demo host of configs/demo/host_swinir.yml)")
     p.add_argument("--images", help="your HQ image folder instead of the bundled photos")
     p.add_argument("--contaminate", type=float, default=0.5,
-                   help="fraction of the training images replaced by lower-quality copies (0: train on them as they are)")
+                   help="fraction of the training images replaced by lower-quality copies "
+                        "(0: train on them as they are)")
     p.add_argument("--lq-from", choices=LQ_FROM, default="pristine",
                    help="what each training input is degraded from: the pristine copy of its target (the input then "
                         "does not show the target's quality; only the score does) or the target itself")
     p.add_argument("--recipe", choices=RECIPES, default="pixel",
-                   help="the plug-in's named recipe (iqp_plugin/recipes.py; default: pixel, the benchmark's)")
+                   help="the plug-in's named recipe (iqp_plugin/archs/recipes.py; default: pixel, the benchmark's)")
     p.add_argument("--fast", action="store_true", help="minimal budget (tests)")
     args = p.parse_args(argv)
     if args.host_opt and not args.host_checkpoint:
@@ -110,7 +111,7 @@ def load_host_opt(text: str) -> dict:
     opt = yaml.safe_load(Path(text).read_text() if Path(text).is_file() else text)
     opt = opt.get("network_g", opt) if isinstance(opt, dict) else opt
     if not isinstance(opt, dict) or "type" not in opt:
-        raise ValueError(f"--host-opt must give the host's arch options with a 'type', got {text!r}")
+        raise InvalidInputError(f"--host-opt must give the host's arch options with a 'type', got {text!r}")
     return opt
 
 
@@ -136,7 +137,7 @@ def make_data(out: Path, images: str | None, budget: dict, contaminate: float) -
     """Step 1: training and held-out HQ folders; 'reused' when nothing new was written.
 
     The held-out images stay pristine. Of the training images, a seeded fraction ``contaminate`` is replaced by
-    lower-quality copies (``iqp_plugin.contamination``): mixed-quality GT, as restoration datasets have.
+    lower-quality copies (``iqp_plugin.data.contamination``): mixed-quality GT, as restoration datasets have.
     """
     hq, pristine, held = out / "data" / "hq", out / "data" / "hq_pristine", out / "data" / "heldout_hq"
     before = [len(list_images(d)) if d.is_dir() else 0 for d in (hq, held)]
@@ -144,7 +145,7 @@ def make_data(out: Path, images: str | None, budget: dict, contaminate: float) -
         src = Path(images).resolve()
         names = list_images(src)
         if len(names) < 8:
-            raise ValueError(f"--images needs at least 8 images (every 8th is held out), {src} has {len(names)}")
+            raise InvalidInputError(f"--images needs at least 8 images (every 8th is held out), {src} has {len(names)}")
         train = [n for i, n in enumerate(names) if i % 8 != 7]
         for name in names[7::8]:
             link = held / name
@@ -158,7 +159,7 @@ def make_data(out: Path, images: str | None, budget: dict, contaminate: float) -
         write_crops(held, budget["heldout"], CROP, seed=1, photos=HELDOUT_PHOTOS)
     targets = {Path(n).with_suffix(".png").as_posix(): n for n in train}
     if len(targets) < len(train):
-        raise ValueError(f"two training images in {src} differ only in their extension; rename one")
+        raise InvalidInputError(f"two training images in {src} differ only in their extension; rename one")
     if not all((hq / name).exists() for name in targets):
         write_mixed({name: (read_image(src / n) * 255).round().astype("uint8") for name, n in targets.items()},
                     hq, pristine, contaminate, seed=0)
@@ -255,8 +256,7 @@ def write_heldout(out: Path, val_opt: dict, scale: int) -> None:
         sample = ds[i]
         for key in ("lq", "gt"):
             path = out / "data" / f"heldout_{key}" / Path(name).with_suffix(".png")
-            img = (sample[key].permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype("uint8")
-            write_atomic(path, cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))[1].tobytes())
+            write_picture(path, Picture(sample[key].permute(1, 2, 0).numpy()))
 
 
 def compare(out: Path, opt: dict, host_checkpoint: Path) -> str:
@@ -291,7 +291,8 @@ def main(argv: list[str] | None = None) -> None:
     if host_ckpt and not host_ckpt.is_file():
         raise FileNotFoundError(f"--host-checkpoint not found: {host_ckpt}")
     host_opt = load_host_opt(args.host_opt) if args.host_opt else None
-    check_stamp(out, {"fast": args.fast, "contaminate": args.contaminate, "lq_from": args.lq_from, "recipe": args.recipe,
+    check_stamp(out, {"fast": args.fast, "contaminate": args.contaminate, "lq_from": args.lq_from,
+                      "recipe": args.recipe,
                       "images": args.images and str(Path(args.images).resolve()),
                       "host_checkpoint": host_ckpt and str(host_ckpt), "host_opt": host_opt})
 
@@ -305,7 +306,8 @@ def main(argv: list[str] | None = None) -> None:
 
     recipe = RECIPES[args.recipe]
     data = {"datasets:train:top_copies": recipe.top_copies, "datasets:train:top_percent": recipe.top_percent}
-    sides = {"codebook": {"train:hq_top_percent": recipe.top_percent}, "predictor": {**data, "train:optim_g:lr": recipe.predictor_lr}, "quality": data}
+    sides = {"codebook": {"train:hq_top_percent": recipe.top_percent},
+             "predictor": {**data, "train:optim_g:lr": recipe.predictor_lr}, "quality": data}
     opts = {"host_swinir": stage_options("host_swinir", overrides("host_swinir"))}
     host_ckpt = host_ckpt or checkpoint(out, opts["host_swinir"])
     arch = host_opt or opts["host_swinir"]["network_g"]  # the stages wrap exactly the host that was trained

@@ -4,7 +4,7 @@
     torchrun --nproc_per_node 2 -m iqp_plugin.train -opt configs/X.yml --launcher pytorch
 
 Experiments are written under ``./experiments/<name>`` of the current directory; training states are
-written atomically, and ``--auto_resume`` continues from the newest readable one (:mod:`iqp_plugin.basicsr_cpu`).
+written atomically, and ``--auto_resume`` continues from the newest readable one (:mod:`iqp_plugin.models.training`).
 Run as a module or as ``iqp train``, errors end in one line (exit code 2) and Ctrl-C in
 "iqp: interrupted, partial work kept in experiments/<name>" (exit code 130).
 """
@@ -13,21 +13,22 @@ from __future__ import annotations
 import os
 import sys
 
-import iqp_plugin  # noqa: F401  (registers the project in BasicSR; `iqp train` registers before importing this)
-from iqp_plugin import basicsr_cpu, parsers
-from iqp_plugin.cli import writing
-from iqp_plugin.options import read_options
-from iqp_plugin.registry import check_option_types
+import iqp_plugin
+from iqp_plugin.cli import parsers, writing
+from iqp_plugin.io.options import read_options
+from iqp_plugin.io.registry import check_option_types
+from iqp_plugin.models import training
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     known = parsers.train().parse_args(argv)
+    iqp_plugin.register()
     opt = read_options(known.opt)
     check_option_types(opt)
     writing(os.path.join(os.getcwd(), "experiments", opt["name"]))
 
-    basicsr_cpu.patch()
+    training.patch()
     from basicsr.train import train_pipeline
 
     sys.argv = [sys.argv[0], *argv]

@@ -4,7 +4,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import iqp_plugin  # noqa: F401  (alias for basicsr + registrations, before anything imports basicsr)
+import iqp_plugin
+
+iqp_plugin.register()  # the project's types in BasicSR's registries, as the commands that build models do
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -53,13 +55,14 @@ def save_model_files(folder: Path, wrapper, host_opt: dict, plugin_opt: dict, co
     ``folder``. Returns (config, host file, plug-in file)."""
     import yaml
 
-    from iqp_plugin.checkpoint import file_sha256
+    from iqp_plugin.io import plugin_checkpoint
 
     host_file, plugin_file, config = folder / "host.pth", folder / "plugin.pth", folder / config_name
     torch.save({"params": wrapper.host.state_dict()}, host_file)
     state = wrapper.plugin_state_dict()
-    torch.save({"params": state, "params_ema": state, "stage": "quality", "plugin_opt": plugin_opt,
-                "host": {"opt": host_opt, "checkpoint": str(host_file), "sha256": file_sha256(host_file)}}, plugin_file)
+    plugin_checkpoint.write(str(plugin_file), plugin_checkpoint.PluginCheckpoint(
+        params=state, params_ema=state, stage="quality", plugin_opt=plugin_opt,
+        host=plugin_checkpoint.host_record(host_opt, str(host_file))))
     config.write_text(yaml.safe_dump({"network_g": {"type": "IQPWrapper", "host": host_opt,
                                                     "host_checkpoint": str(host_file)},
                                       "plugin_checkpoint": str(plugin_file)}))

@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adapters import ADAPTERS
 from iqp_plugin import IQPWrapper
-from iqp_plugin.codebook import HostCodebook
+from iqp_plugin.adapters import ADAPTERS
+from iqp_plugin.archs.codebook import HostCodebook
 from tests.conftest import TINY_SWINIR
 
 #: adapter name -> (IQPWrapper host options, adapter, adapter_opt, input side)

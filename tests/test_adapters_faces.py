@@ -7,10 +7,10 @@ from basicsr.archs import build_network
 from basicsr.utils.registry import ARCH_REGISTRY
 
 import iqp_plugin  # noqa: F401  (basicsr import fix; registers archs and adapters)
-from adapters import adapter_for
-from adapters.codeformer import CodeFormerAdapter
-from adapters.restoreformer import RestoreFormerAdapter
-from iqp_plugin.checkpoint import extract_state_dict
+from iqp_plugin.adapters import adapter_for
+from iqp_plugin.adapters.codeformer import CodeFormerAdapter
+from iqp_plugin.adapters.restoreformer import RestoreFormerAdapter
+from iqp_plugin.io.host_checkpoint import extract_state_dict
 
 #: a RestoreFormer small enough for CPU tests that keeps the 16x16 code grid (64 px input, 2 down-samplings)
 TINY_RF = {"ch": 32, "ch_mult": (1, 2, 2), "resolution": 64, "n_embed": 64, "embed_dim": 64, "z_channels": 64}

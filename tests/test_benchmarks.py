@@ -29,12 +29,14 @@ def test_overhead_tiny_writes_json_and_markdown(tmp_path):
         stored = {"plugin_stored"} if host == "restoreformer" else set()  # hosts with recomputable decoder blocks
         assert set(res["training"]["variants"]) == (cases - {"host"}) | {"full"} | stored
         assert res["inference"]["max_abs_diff_fresh_plugin_vs_host"] <= 1e-4  # zero-initialised injection
-        for phase, ratio_keys in (("inference", ("latency_ratio", "memory_ratio")), ("training", ("time_ratio", "memory_ratio"))):
+        for phase, ratio_keys in (("inference", ("latency_ratio", "memory_ratio")),
+                                  ("training", ("time_ratio", "memory_ratio"))):
             for case in res[phase]["variants"].values():
                 assert case["times_s"] and all(t > 0 for t in case["times_s"])
                 assert case["peak_bytes"] > 0 and case["growth_bytes"] >= 0
                 assert all(math.isfinite(case[k]) and case[k] > 0 for k in ratio_keys)
-        assert res["training"]["variants"]["full"]["optimizer_state_bytes"] > res["training"]["variants"]["plugin"]["optimizer_state_bytes"]
+        assert (res["training"]["variants"]["full"]["optimizer_state_bytes"]
+                > res["training"]["variants"]["plugin"]["optimizer_state_bytes"])
         for variant in res["params"]["variants"].values():
             assert 0 < variant["ratio"] and variant["added"] == variant["trainable"] + variant["codebook_entries"]
     statuses = {t["target"]: t["status"] for t in data["targets"]}
@@ -50,13 +52,13 @@ def test_overhead_tiny_writes_json_and_markdown(tmp_path):
 def test_startup_benchmark_compares_the_same_metric(tmp_path):
     """Both scorers of the start-up benchmark compute NIQE with pyiqa's defaults: their means agree."""
     from benchmarks import startup
-    from iqp_plugin.sample_data import write_crops
+    from iqp_plugin.data.sample_data import write_crops
 
     write_crops(tmp_path / "images", count=4, size=128)
     data = startup.main(["--data", str(tmp_path / "images"), "--count", "4", "--repeats", "1",
                          "--out", str(tmp_path / "out")])
     assert set(data["median_s"]) == {"iqp --help", "iqp score (argument error)", "iqp score", "pyiqa niqe -t DIR",
-                                     "import iqp_plugin"}
+                                     "iqp_plugin.register()"}
     assert abs(data["mean_niqe"]["iqp score"] - data["mean_niqe"]["pyiqa"]) < 1e-6
     assert [t["target"].split(" (")[0] for t in data["targets"]][:1] == ["iqp --help"]
     assert "| iqp score |" in (tmp_path / "out" / "startup.md").read_text()

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from benchmarks import beyond_gt, beyond_gt_data
-from iqp_plugin.contamination import CONTAMINATION, contaminate
-from iqp_plugin.datasets import IQPDegradedDataset
-from iqp_plugin.sample_data import write_crops
-from iqp_plugin.score_files import load_scores
+from iqp_plugin.data.contamination import CONTAMINATION, contaminate
+from iqp_plugin.data.datasets import IQPDegradedDataset
+from iqp_plugin.data.sample_data import write_crops
+from iqp_plugin.prior.score_files import load_scores
 from tests.conftest import REPO
 
 #: scikit-image photos with texture everywhere (NIQE cannot score flat crops such as retina's black border)
@@ -45,7 +45,7 @@ def test_contamination_bookkeeping(hq, tmp_path):
     for name in train:
         same = np.array_equal(pixels(data / "train" / name), pixels(data / "train_pristine" / name))
         assert same == (name not in m["contaminated"]), name  # every contaminated target differs from its original
-    for name, params in m["contaminated"].items():
+    for _name, params in m["contaminated"].items():
         lo, hi = CONTAMINATION["standard"]["blur_sigma"]
         assert lo <= params["blur_sigma"] <= hi
     assert {p.name for p in (data / "train").iterdir()} == train  # nothing else sits in the training folder
@@ -56,7 +56,8 @@ def test_contamination_bookkeeping(hq, tmp_path):
             opt = beyond_gt.read_options(str(beyond_gt.CONFIGS / f"{config}.yml"))
             root = overrides.get("datasets:train:dataroot_gt", opt["datasets"]["train"]["dataroot_gt"])
             assert root == ("data/train_pristine" if key.startswith("oracle") else
-                            "data/train_top" if key == "filtered" or key.startswith("top_") else "data/train"), (prefix, key)
+                            "data/train_top" if key == "filtered" or key.startswith("top_") else "data/train"), \
+                (prefix, key)
             assert "datasets:train:dataroot_source" not in overrides  # by default, inputs come from the targets
         # --lq-from pristine: every input but the oracle's is degraded from the pristine copy of its target
         decoupled = beyond_gt.trainings(prefix, beyond_gt.BUDGETS["tiny"]["iters"], "pristine")
@@ -82,7 +83,8 @@ def test_prepare_is_reused_and_refuses_other_arguments(hq, tmp_path):
     old = json.loads(path.read_text())
     del old["args"]["level"]
     path.write_text(json.dumps(old))
-    assert beyond_gt_data.prepare(hq, work, train=10, heldout=4, fraction=0.5, size=64)["contaminated"] == first["contaminated"]
+    assert (beyond_gt_data.prepare(hq, work, train=10, heldout=4, fraction=0.5, size=64)["contaminated"]
+            == first["contaminated"])
     with pytest.raises(SystemExit, match="delete"):
         beyond_gt_data.prepare(hq, work, train=10, heldout=4, fraction=0.5, size=64, level="light")
 
@@ -135,7 +137,9 @@ def test_plugin_filtering_is_the_recipes_plugin_on_the_top_targets_without_the_s
         assert {k: v for k, v in top.items() if k not in own} == {k: v for k, v in iqp.items() if k not in own}
         if stage != "codebook":
             assert top["datasets:train:score_csv"] is None and "datasets:train:top_copies" not in top
-            assert top["path:pretrain_network_g"] == f"experiments/bgt_sw_pixel_top_{beyond_gt.STAGES[beyond_gt.STAGES.index(stage) - 1]}/models/net_g_latest.pth"
+            assert top["path:pretrain_network_g"] == (f"experiments/bgt_sw_pixel_top_"
+                                                      f"{beyond_gt.STAGES[beyond_gt.STAGES.index(stage) - 1]}"
+                                                      "/models/net_g_latest.pth")
 
 
 def test_the_oracle_trains_as_long_as_the_longest_system():
@@ -148,7 +152,8 @@ def test_the_oracle_trains_as_long_as_the_longest_system():
     assert start["train:total_iter"] == jobs["host"][1]["train:total_iter"] == iters["host"]
     assert oracle["path:pretrain_network_g"] == "experiments/bgt_sw_oracle/models/net_g_latest.pth"
     assert oracle["name"] == f"bgt_sw_oracle_i{extra}" and oracle["train:total_iter"] == extra
-    assert {k: v for k, v in oracle.items() if k not in ("name", "path:pretrain_network_g", "datasets:train:dataroot_gt")} \
+    assert {k: v for k, v in oracle.items()
+            if k not in ("name", "path:pretrain_network_g", "datasets:train:dataroot_gt")} \
         == {k: v for k, v in further.items() if k not in ("name", "path:pretrain_network_g")}
     assert beyond_gt.NEEDS["oracle"] == ("oracle_start",)
 
@@ -173,13 +178,15 @@ def test_trainings_start_longest_chain_first_and_a_lone_one_gets_every_core(monk
 
     monkeypatch.setattr(beyond_gt, "train", fake_train)
     monkeypatch.setattr(beyond_gt.os, "cpu_count", lambda: 4)
-    jobs = {("sw", k): job for k, job in beyond_gt.trainings("sw", beyond_gt.BUDGETS["tiny"]["iters"], ablations=False).items()}
+    jobs = {("sw", k): job
+            for k, job in beyond_gt.trainings("sw", beyond_gt.BUDGETS["tiny"]["iters"], ablations=False).items()}
     timed = beyond_gt.train_all(tmp_path, jobs, beyond_gt.torch.device("cpu"), 2)
     assert set(timed) == {f"sw {k}" for _, k in jobs}
     names = {opt["name"]: key for (_, key), (_, opt) in jobs.items()}
     at = {(event, names[name]): i for i, (event, name, _) in enumerate(log)}
     starts = sorted((i, key) for (event, key), i in at.items() if event == "start")
-    assert {key for _, key in starts[:2]} == {"host", "oracle_start"} and at["start", "codebook"] < at["start", "further"]
+    assert {key for _, key in starts[:2]} == {"host", "oracle_start"}
+    assert at["start", "codebook"] < at["start", "further"]
     assert all(at["end", need] < at["start", key] for _, key in jobs for need in beyond_gt.NEEDS[key])
     threads = {names[n]: t for event, n, t in log if event == "start"}
     assert threads["host"] == threads["oracle_start"] == 2
@@ -268,7 +275,8 @@ def test_tiny_run_on_bundled_crops(hq, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads((out / "beyond_gt.json").read_text())
     meta = data["meta"]
-    assert meta["n_train"] == 12 and meta["n_heldout"] == 4 and meta["n_contaminated"] == 6 and meta["recipe"] == "pixel"
+    assert meta["n_train"] == 12 and meta["n_heldout"] == 4 and meta["n_contaminated"] == 6
+    assert meta["recipe"] == "pixel"
     assert set(data["families"]) == {"restoreformer", "swinir"}
     for fam in data["families"].values():
         systems = fam["results"]
@@ -295,7 +303,8 @@ def test_tiny_run_on_bundled_crops(hq, tmp_path):
 
     # --recipe lean in the same folder: its own plug-ins, against the host and controls already trained
     experiments = out / "work_tiny" / "experiments"
-    controls = {p: p.stat().st_mtime_ns for name in beyond_gt.control_names("sw", beyond_gt.BUDGETS["tiny"]["iters"]).values()
+    controls = {p: p.stat().st_mtime_ns
+                for name in beyond_gt.control_names("sw", beyond_gt.BUDGETS["tiny"]["iters"]).values()
                 for p in [experiments / name / "models" / "net_g_latest.pth"]}
     proc = subprocess.run(cmd + ["--no-ablations", "--recipe", "lean"], cwd=REPO, capture_output=True, text=True,
                           timeout=1200)
@@ -312,7 +321,8 @@ def test_tiny_run_on_bundled_crops(hq, tmp_path):
     minmax, ranks = (load_scores(data_dir / f) for f in ("train_scores.csv", "train_scores_rank.csv"))
     assert sorted(minmax, key=minmax.get) == sorted(ranks, key=ranks.get)  # the same order, so the same top sets
     assert min(ranks.values()) == 0.0 and max(ranks.values()) == 1.0
-    seen = IQPDegradedDataset({"dataroot_gt": str(data_dir / "train"), "score_csv": str(data_dir / "train_scores_rank.csv"),
+    seen = IQPDegradedDataset({"dataroot_gt": str(data_dir / "train"),
+                               "score_csv": str(data_dir / "train_scores_rank.csv"),
                                "top_copies": 2, "top_percent": beyond_gt.BUDGETS["tiny"]["top_percent"], "gt_size": 32})
     twice = sorted(seen.gt_names[i] for i in seen.samples[len(seen.gt_names):])
     assert twice == sorted(p.name for p in (data_dir / "train_top").iterdir())  # copies repeat filtering's top set

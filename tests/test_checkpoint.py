@@ -4,8 +4,9 @@ import torch
 from safetensors.torch import save_file
 
 from iqp_plugin import IQPWrapper
-from iqp_plugin.checkpoint import CheckpointError, identify, load_weights
-from iqp_plugin.registry import build_arch
+from iqp_plugin.errors import CheckpointError
+from iqp_plugin.io.host_checkpoint import identify, load_weights
+from iqp_plugin.io.registry import build_arch
 from tests.conftest import TINY_SWINIR
 
 
@@ -66,7 +67,8 @@ def test_wrong_architecture_names_keys_and_what_the_file_is(tmp_path):
 def test_wrong_shape_names_the_tensor(tmp_path):
     wider = build_arch({**TINY_SWINIR, "embed_dim": 36})
     path = write(tmp_path / "wide.pth", {"params": wider.state_dict()})
-    with pytest.raises(CheckpointError, match=r"shape mismatches .*conv_first.weight: file \(36, 3, 3, 3\) vs model \(24, 3, 3, 3\)"):
+    with pytest.raises(CheckpointError,
+                       match=r"shape mismatches .*conv_first.weight: file \(36, 3, 3, 3\) vs model \(24, 3, 3, 3\)"):
         IQPWrapper(host=TINY_SWINIR, host_checkpoint=path)
     assert identify(wider.state_dict()) == "SwinIR"
 

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from iqp_plugin.cli import run
-from iqp_plugin.compare import main as compare_main, verdict
-from iqp_plugin.evaluation import sharpness_ratio
-from iqp_plugin.offline_metrics import create_metric
+from iqp_plugin.cli.compare import main as compare_main
+from iqp_plugin.prior.offline import create_metric
+from iqp_plugin.report.metrics import sharpness_ratio
+from iqp_plugin.report.tables import verdict
 from tests.test_restore import make_model, rand_img
 
 
@@ -49,11 +50,13 @@ def test_compare_writes_report_with_matching_numbers(tmp_path, capsys):
                 assert float(rows[name][f"niqe_{kind}"]) == pytest.approx(float(niqe(x)), abs=1e-4)
             psnr = 10 * np.log10(255.0 ** 2 / np.mean((saved.astype(np.float64) - gt) ** 2))
             assert float(rows[name][f"psnr_{kind}"]) == pytest.approx(psnr, abs=1e-6)
-            saved_rgb, gt_rgb = cv2.cvtColor(saved, cv2.COLOR_BGR2RGB), cv2.cvtColor(gt.astype(np.uint8), cv2.COLOR_BGR2RGB)
+            saved_rgb = cv2.cvtColor(saved, cv2.COLOR_BGR2RGB)
+            gt_rgb = cv2.cvtColor(gt.astype(np.uint8), cv2.COLOR_BGR2RGB)
             assert float(rows[name][f"sharpness_{kind}"]) == pytest.approx(sharpness_ratio(saved_rgb, gt_rgb), rel=1e-5)
     with open(out / "sweep.csv", newline="") as f:
         sweep = list(csv.reader(f))
-    assert sweep[0] == ["score", "niqe", "piqe", "psnr", "ssim", "sharpness"] and [r[0] for r in sweep[1:]] == ["0.2", "0.9", "host"]
+    assert sweep[0] == ["score", "niqe", "piqe", "psnr", "ssim", "sharpness"]
+    assert [r[0] for r in sweep[1:]] == ["0.2", "0.9", "host"]
     for key in ("niqe_host", "niqe_iqp", "psnr_iqp"):
         assert float(rows["mean"][key]) == pytest.approx(np.mean([float(rows[n][key]) for n in rows if n != "mean"]))
     assert float(rows["mean"]["niqe_iqp"]) != float(rows["mean"]["niqe_host"])  # the plug-in changes the output
@@ -73,7 +76,7 @@ def test_verdict_is_same_within_two_standard_errors():
     host = [5.0, 6.0, 7.0, 8.0]
     # paired differences -0.3, +0.1, -0.2, +0.2: mean -0.05, standard error 0.119
     assert "same (within noise)" in verdict("niqe", host, [4.7, 6.1, 6.8, 8.2], lower_better=True)
-    consistent = [h - 0.2 + d for h, d in zip(host, [0.01, -0.01, 0.02, -0.02])]  # -0.2 +- 0.009
+    consistent = [h - 0.2 + d for h, d in zip(host, [0.01, -0.01, 0.02, -0.02], strict=False)]  # -0.2 +- 0.009
     assert ": better, " in verdict("niqe", host, consistent, lower_better=True)
     assert ": worse, " in verdict("psnr", host, consistent, lower_better=False)
     line = verdict("psnr", host, consistent, lower_better=False)
@@ -117,7 +120,7 @@ def test_gt_sizes_are_all_checked_before_anything_is_written(tmp_path, capsys):
 
 
 def test_report_folder_that_is_a_file_fails_before_the_model_loads(tmp_path, capsys, monkeypatch):
-    from iqp_plugin import compare
+    from iqp_plugin.cli import compare
 
     config, *_ = make_model(tmp_path)
     cv2.imwrite(str(tmp_path / "a.png"), rand_img(16, 16))
@@ -126,5 +129,6 @@ def test_report_folder_that_is_a_file_fails_before_the_model_loads(tmp_path, cap
     with pytest.raises(SystemExit) as exc:
         run(compare_main, ["-i", str(tmp_path / "a.png"), "-o", str(tmp_path / "report"), "--config", str(config)])
     err = capsys.readouterr().err
-    assert exc.value.code == 2 and err == f"iqp: error: -o {tmp_path / 'report'} is a file, not a folder: choose another -o\n"
+    assert exc.value.code == 2
+    assert err == f"iqp: error: -o {tmp_path / 'report'} is a file, not a folder: choose another -o\n"
     assert (tmp_path / "report").read_text() == "notes"

@@ -1,4 +1,4 @@
-"""Tests of iqp_plugin.datasets: online degradations, paired folders, scores, odd image formats."""
+"""Tests of iqp_plugin.data.datasets: online degradations, paired folders, scores, odd image formats."""
 import csv
 import json
 import random
@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from basicsr.data import build_dataset
 
 import iqp_plugin  # noqa: F401  (before basicsr: torchvision alias and registrations)
-from basicsr.data import build_dataset
-from iqp_plugin.datasets import IQPDegradedDataset, IQPPairedDataset
+from iqp_plugin.data.datasets import IQPDegradedDataset, IQPPairedDataset
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REAL_FACES, SET5 = SHARED_DATA / "faces_hq_celeba128", SHARED_DATA / "sr_set5_x4"
@@ -137,7 +137,7 @@ def test_top_copies_repeat_the_top_scored_targets_each_with_its_score(hq_folder,
     """top_copies C, top_percent P: every target once, then those at or above the scores' (1 - P/100) quantile
     C - 1 times more, each copy with its original's score and a crop and degradation of its own."""
     names = ["img0.png", "img1.png", "img2.png", "sub/small.jpg"]
-    csv_path = _write_scores(tmp_path / "scores.csv", {n: s for n, s in zip(names, (0.9, 0.1, 0.6, 0.3))})
+    csv_path = _write_scores(tmp_path / "scores.csv", {n: s for n, s in zip(names, (0.9, 0.1, 0.6, 0.3), strict=False)})
     ds = _degraded(hq_folder, score_csv=csv_path, top_copies=3, top_percent=50, phase="train", seed=0)
     assert len(ds) == 4 + 2 * 2 and ds.samples == [0, 1, 2, 3, 0, 0, 2, 2]
     samples = [ds[i] for i in range(len(ds))]
@@ -253,7 +253,7 @@ def test_real_set5_pairs_by_name():
 def test_image_a_metric_cannot_score_is_left_out_with_a_warning(tmp_path):
     """The policy, as ``iqp score`` and the datasets apply it: a flat image NIQE cannot score gets no row, is
     listed in the sidecar's failures, and the dataset leaves it out, naming it, instead of stopping."""
-    from iqp_plugin.scoring import score_folders
+    from iqp_plugin.prior.scoring import score_folders
 
     root = tmp_path / "hq"
     root.mkdir()

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from iqp_plugin.demo import HELDOUT_PHOTOS, STAGES, parse_args
-from iqp_plugin.score_files import sidecar_path
+from iqp_plugin.prior.score_files import sidecar_path
 from tests.conftest import REPO
 
 
@@ -35,7 +35,8 @@ def test_fast_demo_writes_report_and_rerun_reuses_everything(tmp_path):
         sorted(p.name for p in (out / "data" / "heldout_gt").iterdir())
     trained, pristine = (sorted((out / "data" / f).iterdir()) for f in ("hq", "hq_pristine"))
     assert [p.name for p in trained] == [p.name for p in pristine]
-    changed = [not np.array_equal(cv2.imread(str(a)), cv2.imread(str(b))) for a, b in zip(trained, pristine)]
+    changed = [not np.array_equal(cv2.imread(str(a)), cv2.imread(str(b)))
+               for a, b in zip(trained, pristine, strict=False)]
     assert sum(changed) == round(0.5 * len(trained))  # --contaminate 0.5 by default; pristine copies kept aside
     for name in ("host_swinir", *STAGES):  # --lq-from pristine by default: every training input from the pristine copy
         train = yaml.safe_load((out / "configs" / f"{name}.yml").read_text())["datasets"]["train"]

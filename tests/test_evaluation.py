@@ -1,10 +1,10 @@
-"""Verdicts from paired per-image differences and summaries (iqp_plugin.evaluation), as compare, validation and
+"""Verdicts from paired per-image differences and summaries (iqp_plugin.report.metrics), as compare, validation and
 the benchmarks use them."""
 import math
 
 import numpy as np
 
-from iqp_plugin.evaluation import paired, summary
+from iqp_plugin.report.metrics import paired, summary
 
 
 def test_paired_verdicts_follow_the_metric_direction_and_the_noise():
@@ -12,7 +12,7 @@ def test_paired_verdicts_follow_the_metric_direction_and_the_noise():
     up = [b + 0.5 + 0.01 * i for i, b in enumerate(base)]
     assert paired(up, base, lower_better=False)["verdict"] == "better"
     assert paired(up, base, lower_better=True)["verdict"] == "worse"
-    noisy = [b + d for b, d in zip(base, (0.5, -0.5, 0.4, -0.45))]
+    noisy = [b + d for b, d in zip(base, (0.5, -0.5, 0.4, -0.45), strict=False)]
     v = paired(noisy, base, lower_better=False)
     assert v["verdict"] == "same" and abs(v["mean"]) < 2 * v["sem"] and v["n"] == 4
     assert math.isclose(v["a"], float(np.mean(noisy))) and math.isclose(v["b"], 31.5)

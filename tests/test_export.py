@@ -12,9 +12,9 @@ from basicsr.archs import swinir_arch
 
 from iqp_plugin import IQPWrapper
 from iqp_plugin.cli import run
-from iqp_plugin.export import _adaptive_avg_pool, _window_reverse, export
-from iqp_plugin.export import main as export_main
-from iqp_plugin.checkpoint import file_sha256
+from iqp_plugin.cli.export import main as export_main
+from iqp_plugin.inference.onnx import _adaptive_avg_pool, _window_reverse, export
+from iqp_plugin.io.host_checkpoint import file_sha256
 from tests.conftest import TINY_PLUGIN, TINY_SWINIR
 
 #: RestoreFormer with a 16x16 code grid at 64 x 64 (its fixed face size), as configs/tiny

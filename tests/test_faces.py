@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from iqp_plugin import faces
 from iqp_plugin.cli import run
-from iqp_plugin.compare import main as compare_main
-from iqp_plugin.restore import main as restore_main
+from iqp_plugin.cli.compare import main as compare_main
+from iqp_plugin.cli.restore import main as restore_main
+from iqp_plugin.inference import faces
 from tests.conftest import save_model_files
 from tests.test_export import TINY_RF, TINY_RF_PLUGIN, trained_like
 from tests.test_restore import make_model
@@ -66,7 +66,7 @@ def make_photo(h, w, affines, seed=0):
     """A smooth background with aligned random faces embedded by ``affines``; returns (photo, faces)."""
     photo = smooth(h, w, seed, cells=6)
     crops = [smooth(S, S, seed + 10 + i) for i in range(len(affines))]
-    for crop, m in zip(crops, affines):
+    for crop, m in zip(crops, affines, strict=False):
         cv2.warpAffine(crop, m, (w, h), dst=photo, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_TRANSPARENT)
     return photo, crops
 
@@ -137,7 +137,7 @@ def test_faces_pasted_back_exactly_where_they_were(face_model, detector, tmp_pat
     covered = np.zeros((h, w), np.float32)
     inner = np.zeros((S, S), np.float32)
     inner[MARGIN:-MARGIN, MARGIN:-MARGIN] = 1
-    for i, (face, m) in enumerate(zip(crops, PASTE_FACES[:3])):
+    for i, (face, m) in enumerate(zip(crops, PASTE_FACES[:3], strict=False)):
         covered = np.maximum(covered, cv2.warpAffine(np.ones((S, S), np.float32), m, (w, h)))
         crop = cv2.warpAffine(photo, cv2.invertAffineTransform(m), (S, S), flags=cv2.INTER_LINEAR)
         if i < 2:  # grid-preserving maps: the crop is the embedded (8-bit) face itself
@@ -145,7 +145,8 @@ def test_faces_pasted_back_exactly_where_they_were(face_model, detector, tmp_pat
         inside = cv2.warpAffine(inner, m, (w, h), flags=cv2.INTER_NEAREST) > 0
         expected = cv2.warpAffine(restored_directly(wrapper, crop), m, (w, h), flags=cv2.INTER_LINEAR)
         value = psnr(out[inside], expected[inside])
-        print(f"face {i}: inside psnr {value:.2f} dB over {inside.sum()} px; input there {psnr(out[inside], photo[inside]):.2f} dB")
+        print(f"face {i}: inside psnr {value:.2f} dB over {inside.sum()} px; "
+              f"input there {psnr(out[inside], photo[inside]):.2f} dB")
         assert value >= 35, (i, value)
         assert psnr(out[inside], photo[inside]) < value - 10  # the face was replaced, not left as it was
     # facexlib's soft mask reaches 1 px past the warped square (its even-sized erosion kernels sit off-centre)
@@ -213,10 +214,11 @@ def test_missing_detector_weights_is_one_line_before_any_model_loads(face_model,
     save_rgb(tmp_path / "a.png", smooth(32, 32, seed=1))
     default = tmp_path / "facexlib" / "weights" / faces.DETECTOR_FILE
     monkeypatch.setattr(faces, "default_detector_path", lambda: default)
-    monkeypatch.setattr("iqp_plugin.restore.load_from_args", lambda args: pytest.fail("the model was loaded"))
+    monkeypatch.setattr("iqp_plugin.cli.restore.load_from_args", lambda args: pytest.fail("the model was loaded"))
     for extra, expected in (([], (f"iqp: error: --faces needs the face detector's weights {faces.DETECTOR_FILE} "
                                   f"(facexlib's RetinaFace, {faces.DETECTOR_URL}); none at {default}: download it "
-                                  "there, or anywhere and pass --detector-weights PATH (nothing is downloaded for you)\n")),
+                                  "there, or anywhere and pass --detector-weights PATH "
+                                  "(nothing is downloaded for you)\n")),
                             (["--detector-weights", str(tmp_path / "nope.pth")],
                              (f"iqp: error: --detector-weights {tmp_path / 'nope.pth'} not found: give the path of "
                               f"facexlib's RetinaFace weights {faces.DETECTOR_FILE} ({faces.DETECTOR_URL})\n"))):
@@ -249,7 +251,7 @@ def test_detector_loads_from_a_file_and_nothing_is_downloaded(tmp_path, monkeypa
     torch.save({f"module.{k}": v for k, v in net.state_dict().items()}, path)
     loaded = faces.load_detector(path)
     assert loaded.backbone == "mobilenet0.25"
-    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), net.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), net.state_dict().values(), strict=False))
     helper = faces.make_helper(loaded, 64)
     assert helper.face_det.detector is loaded and helper.face_parse is None
     helper.input_img = (smooth(80, 96, seed=2) * 255).astype(np.float32)
@@ -271,7 +273,8 @@ def test_background_host_and_compare_report_with_faces(face_model, detector, tmp
     detector.add(photo.shape, [face_row(affine)])
     save_rgb(tmp_path / "photo.png", photo)
     run(restore_main, ["-i", str(tmp_path / "photo.png"), "-o", str(tmp_path / "bg"), "--config", str(config),
-                       "--faces", "--bg-host", str(swinir_config), "--detector-weights", str(weights), "--device", "cpu"])
+                       "--faces", "--bg-host", str(swinir_config), "--detector-weights", str(weights),
+                       "--device", "cpu"])
     run(restore_main, ["-i", str(tmp_path / "photo.png"), "-o", str(tmp_path / "swinir"), "--config",
                        str(swinir_config), "--device", "cpu"])
     with_faces, background = load_rgb(tmp_path / "bg" / "photo.png"), load_rgb(tmp_path / "swinir" / "photo.png")

@@ -1,10 +1,10 @@
-"""CUDA graphs of the plug-in (iqp_plugin.graphs): eager fallback wherever a graph cannot be used; on a GPU
-(skipped here), replays equal the eager plug-in."""
+"""CUDA graphs of the plug-in (iqp_plugin.inference.cuda_graphs): eager fallback wherever a graph cannot be used; on a
+GPU (skipped here), replays equal the eager plug-in."""
 import pytest
 import torch
 
 from iqp_plugin import IQPWrapper
-from iqp_plugin.graphs import GraphedPlugin, graph_plugin
+from iqp_plugin.inference.cuda_graphs import GraphedPlugin, graph_plugin
 from tests.conftest import TINY_PLUGIN, TINY_SWINIR
 
 
@@ -42,6 +42,6 @@ def test_replay_equals_eager_on_cuda():
         graph_plugin(w)
         for _ in range(2):  # capture, then replay
             replayed = [w(x, score=s) for s in (0.3, 0.9)]
-            for a, b in zip(eager, replayed):
+            for a, b in zip(eager, replayed, strict=False):
                 assert (a - b).abs().max() <= 1e-5
         assert len(w.plugin._graphs) == 2  # one graph per score

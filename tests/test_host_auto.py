@@ -13,13 +13,13 @@ import yaml
 from basicsr.models import build_model
 
 from iqp_plugin import IQPWrapper
-from iqp_plugin.checkpoint import CheckpointError
 from iqp_plugin.cli import run
-from iqp_plugin.parsers import compare as compare_parser
-from iqp_plugin.loading import load_wrapper, wrapper_options
-from iqp_plugin.checkpoint import file_sha256
-from iqp_plugin.registry import build_arch
-from iqp_plugin.restore import main as restore_main
+from iqp_plugin.cli.parsers import compare as compare_parser
+from iqp_plugin.cli.restore import main as restore_main
+from iqp_plugin.errors import CheckpointError
+from iqp_plugin.inference.loading import load_wrapper, wrapper_options
+from iqp_plugin.io.host_checkpoint import file_sha256
+from iqp_plugin.io.registry import build_arch
 from tests.conftest import REPO, TINY_PLUGIN
 
 #: plug-in for the 16x16 code grids of the face hosts
@@ -153,7 +153,8 @@ def test_wrong_adapter_and_unusable_files_fail_in_one_line(tmp_path):
     cases["spandrel recognises no architecture in it (keys such as fc.weight)"] = dict(
         host_checkpoint=str(tmp_path / "unknown.pth"))
     (tmp_path / "cut.pth").write_bytes(Path(swinir).read_bytes()[:1000])
-    cases["is not a readable PyTorch checkpoint (truncated or corrupt?)"] = dict(host_checkpoint=str(tmp_path / "cut.pth"))
+    cases["is not a readable PyTorch checkpoint (truncated or corrupt?)"] = dict(
+        host_checkpoint=str(tmp_path / "cut.pth"))
     cases["host: auto reads the host from its checkpoint: give host_checkpoint: FILE"] = dict(host_checkpoint=None)
     for message, kwargs in cases.items():
         with pytest.raises(ValueError) as err:
@@ -265,7 +266,8 @@ def test_plugin_on_another_host_file_fails_unless_allowed(trained, tmp_path, cap
         load_wrapper({"host": "auto", "host_checkpoint": other}, plugin)
     with pytest.warns(UserWarning, match="trained on host weights"):
         load_wrapper({"host": "auto", "host_checkpoint": other}, plugin, allow_host_mismatch=True)
-    assert compare_parser().parse_args(["-i", "a", "-o", "b", "--host", other, "--allow-host-mismatch"]).allow_host_mismatch
+    assert compare_parser().parse_args(["-i", "a", "-o", "b", "--host", other,
+                                        "--allow-host-mismatch"]).allow_host_mismatch
 
 
 @pytest.mark.parametrize("other", ["architecture", "width"])
@@ -305,13 +307,14 @@ def test_training_on_an_auto_host_records_the_host_file(trained, tmp_path, capsy
     opt = yaml.safe_load((REPO / "configs" / "tiny" / "swinir_predictor.yml").read_text())
     opt.update(is_train=True, dist=False, rank=0, world_size=1, root_path=str(tmp_path))
     opt["network_g"].update(host="auto", host_checkpoint=host)
-    opt["path"].update(pretrain_network_g=None, models=str(tmp_path / "models"), training_states=str(tmp_path / "states"))
+    opt["path"].update(pretrain_network_g=None, models=str(tmp_path / "models"),
+                       training_states=str(tmp_path / "states"))
     opt["datasets"]["train"]["score_csv"] = "scores.csv"  # not read by this stage's set-up
     model = build_model(opt)
     assert type(model.net_g.host).__name__ == "SwinIR" and model.net_g.host.upscale == 2
     model.save(0, 1)
     ckpt = torch.load(tmp_path / "models" / "net_g_1.pth", weights_only=True)
     assert ckpt["host"] == {"opt": "auto", "checkpoint": host, "sha256": file_sha256(host)}
-    code, err = restore(["-i", str(src), "-o", str(tmp_path / "out"), "--plugin", str(tmp_path / "models" / "net_g_1.pth")],
-                        capsys)
+    code, err = restore(["-i", str(src), "-o", str(tmp_path / "out"),
+                         "--plugin", str(tmp_path / "models" / "net_g_1.pth")], capsys)
     assert code == 0, err

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from iqp_plugin.host_model import VQHostModel
+from iqp_plugin.models.vq_host_model import VQHostModel
 
 HOST = dict(type="RestoreFormer", resolution=32, ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[16],
             head_size=2, n_embed=16, embed_dim=8, z_channels=8, fix_codebook=False)

@@ -11,9 +11,9 @@ from basicsr.data import build_dataset
 from basicsr.models import build_model
 from torch.utils.data import DataLoader
 
-from iqp_plugin.registry import build_arch
-from iqp_plugin.sample_data import write_crops
-from iqp_plugin.scoring import main as score_main
+from iqp_plugin.cli.score import main as score_main
+from iqp_plugin.data.sample_data import write_crops
+from iqp_plugin.io.registry import build_arch
 from tests.conftest import REPO
 
 CONFIGS = REPO / "configs" / "tiny"
@@ -54,7 +54,8 @@ def test_three_stages_end_to_end_with_resume(workdir):
     train(workdir, "codebook")
     train(workdir, "predictor", "train:total_iter=6")
     train(workdir, "quality", "train:total_iter=2", "logger:save_checkpoint_freq=2", "logger:print_freq=1")
-    train(workdir, "quality", "train:total_iter=4", "logger:save_checkpoint_freq=2", "logger:print_freq=1", extra=["--auto_resume"])
+    train(workdir, "quality", "train:total_iter=4", "logger:save_checkpoint_freq=2", "logger:print_freq=1",
+          extra=["--auto_resume"])
     exp = workdir / "experiments"
     log = "".join(p.read_text() for p in (exp / "tiny_swinir_quality").glob("train_*.log"))
     assert "Resuming training from epoch:" in log and "l_quality" in log
@@ -71,7 +72,7 @@ def test_three_stages_end_to_end_with_resume(workdir):
 def test_two_process_gloo_stages(workdir):
     train(workdir, "codebook", "name=dist_codebook", "train:total_iter=4", nproc=2)
     train(workdir, "predictor", "name=dist_predictor", "train:total_iter=4",
-                "path:pretrain_network_g=experiments/dist_codebook/models/net_g_latest.pth", "logger:print_freq=1", nproc=2)
+          "path:pretrain_network_g=experiments/dist_codebook/models/net_g_latest.pth", "logger:print_freq=1", nproc=2)
     log = "".join(p.read_text() for p in (workdir / "experiments" / "dist_predictor").glob("train_*.log"))
     assert "world_size: 2" in log and "l_ce_common" in log
 
@@ -241,13 +242,14 @@ def bare_model(workdir, stage, pretrain=None, score_csv="datasets/sample_hq_scor
     opt = yaml.safe_load((CONFIGS / f"swinir_{stage}.yml").read_text())
     opt.update(is_train=True, dist=False, rank=0, world_size=1, root_path=str(workdir))
     opt["network_g"]["host_checkpoint"] = str(workdir / "host.pth")
-    opt["path"].update(pretrain_network_g=pretrain, models=str(workdir / "models"), training_states=str(workdir / "states"))
+    opt["path"].update(pretrain_network_g=pretrain, models=str(workdir / "models"),
+                       training_states=str(workdir / "states"))
     opt["datasets"]["train"]["score_csv"] = score_csv and str(workdir / score_csv)
     return build_model(opt)
 
 
 def test_unsafe_pretrained_plugin_is_refused_in_one_line(workdir):
-    from iqp_plugin.checkpoint import CheckpointError
+    from iqp_plugin.errors import CheckpointError
 
     evil = workdir / "evil_plugin.pth"
     torch.save({"params": {}, "hook": os.system}, evil)

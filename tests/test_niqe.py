@@ -1,4 +1,4 @@
-"""iqp_plugin.niqe against pyiqa's NIQE (created offline, as the project does) on real images, and its imports."""
+"""iqp_plugin.prior.niqe against pyiqa's NIQE (created offline, as the project does) on real images, and its imports."""
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +9,7 @@ import skimage.data
 import torch
 from PIL import Image
 
-from iqp_plugin.niqe import NIQE
+from iqp_plugin.prior.niqe import NIQE
 
 NIQE_FILE = Path(__file__).resolve().parents[1] / "iqp_plugin" / "niqe.py"
 ATOL = 1e-8  # measured: under 1e-10 (float64 inside, pyiqa's float32 steps reproduced exactly)
@@ -19,7 +19,7 @@ def offline_pyiqa_niqe(tmp_path_factory, **kwargs):
     """pyiqa's NIQE from ``offline_metrics.create_metric`` (no download), its parameter file in a temporary cache."""
     from pyiqa.utils import download_util
 
-    from iqp_plugin.offline_metrics import create_metric
+    from iqp_plugin.prior.offline import create_metric
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(download_util, "DEFAULT_CACHE_DIR", str(tmp_path_factory.mktemp("pyiqa")))
@@ -53,7 +53,7 @@ def test_matches_pyiqa_on_faces(shared_data, pyiqa_niqe, port, folder):
     ref, got = both(pyiqa_niqe, port, x)  # one batch of 8 equal-size images
     assert got.shape == (8,) and got.dtype == torch.float64
     torch.testing.assert_close(got, ref, rtol=0, atol=ATOL)
-    for one, value in zip(x[:2], ref):  # alone, each image scores as in the batch
+    for one, value in zip(x[:2], ref, strict=False):  # alone, each image scores as in the batch
         torch.testing.assert_close(port(one[None]), value[None], rtol=0, atol=ATOL)
 
 
@@ -104,7 +104,8 @@ print(heavy)
 def test_differentiable_mode_stays_close_to_pyiqa(shared_data, pyiqa_niqe):
     x = torch.stack([load(p) for p in sorted((shared_data / "faces_hq_celeba128").glob("*.jpg"))[:8]])
     ref, got = both(pyiqa_niqe, NIQE(differentiable=True), x)
-    torch.testing.assert_close(got, ref, rtol=0, atol=0.02)  # measured: under 0.003 (shape interpolated, not rounded to the table)
+    # measured: under 0.003 (shape interpolated, not rounded to the table)
+    torch.testing.assert_close(got, ref, rtol=0, atol=0.02)
 
 
 def descend(loss_fn, x0: torch.Tensor, steps: int = 30) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Plug-in recipes (iqp_plugin.recipes): which one ``plugin: {}`` builds on each full-size host, its size against
+"""Plug-in recipes (iqp_plugin.archs.recipes): which one ``plugin: {}`` builds on each full-size host, its size against
 the host, and the parts of the lean recipe."""
 
 import pytest
@@ -6,9 +6,9 @@ import torch
 
 from benchmarks.overhead import HOST_CONFIGS
 from iqp_plugin import IQPWrapper
-from iqp_plugin.codebook import Codebook, HostCodebook
-from iqp_plugin.plugin import IQPPlugin, SimilarityHead, plugin_options
-from iqp_plugin.recipes import RECIPES
+from iqp_plugin.archs.codebook import Codebook, HostCodebook
+from iqp_plugin.archs.plugin import IQPPlugin, SimilarityHead
+from iqp_plugin.archs.recipes import RECIPES, plugin_options
 from tests.conftest import TINY_SWINIR
 
 #: the issue's limits: added parameters (trainable + codebook entries) / host parameters

@@ -1,7 +1,6 @@
 """The quality prior: offline pyiqa metrics, priors and normalisation, QualityLoss. CPU, no downloads."""
 from pathlib import Path
 
-import iqp_plugin  # noqa: F401  (first: basicsr import fix; registers QualityLoss)
 import basicsr.metrics
 import numpy as np
 import pytest
@@ -9,9 +8,11 @@ import scipy.io
 import skimage.data
 import torch
 from basicsr.utils.registry import LOSS_REGISTRY
-from iqp_plugin import offline_metrics as om
-from iqp_plugin.losses import QualityLoss
-from iqp_plugin.quality import Normalizer, create_prior
+
+import iqp_plugin  # noqa: F401  (first: basicsr import fix; registers QualityLoss)
+from iqp_plugin.prior import offline as om
+from iqp_plugin.prior.loss import QualityLoss
+from iqp_plugin.prior.metrics import Normalizer, create_prior
 
 
 @pytest.fixture(autouse=True)
@@ -109,8 +110,8 @@ def test_rank_normalizer_spreads_scores_past_an_outlier(tmp_path):
 
 
 def test_norm_choices_match_the_normalisations():
-    from iqp_plugin import parsers
-    from iqp_plugin.quality import NORMALISATIONS
+    from iqp_plugin.cli import parsers
+    from iqp_plugin.prior.metrics import NORMALISATIONS
 
     norm = next(a for a in parsers.score()._actions if a.dest == "norm")
     assert tuple(norm.choices) == NORMALISATIONS

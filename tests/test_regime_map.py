@@ -3,7 +3,7 @@ table and one figure (plumbing only: no assertion on quality numbers)."""
 import json
 
 from benchmarks import regime_map
-from iqp_plugin.sample_data import write_crops
+from iqp_plugin.data.sample_data import write_crops
 from tests.test_beyond_gt import PHOTOS
 
 
@@ -20,7 +20,8 @@ def test_tiny_map_shares_the_oracle_and_resumes(tmp_path):
                      for f in (0.35, 0.75))
     oracles = sorted(p.name for p in second.glob("bgt_sw_oracle*"))
     assert oracles == ["bgt_sw_oracle", "bgt_sw_oracle_i7"]
-    assert all((second / name).is_symlink() and (second / name).resolve() == (first / name).resolve() for name in oracles)
+    assert all((second / name).is_symlink() and (second / name).resolve() == (first / name).resolve()
+               for name in oracles)
     assert not (first / "bgt_sw_oracle").is_symlink()  # trained once, by the first point
     assert (out / "regime_map.png").stat().st_size > 0
     markdown = (out / "regime_map.md").read_text()

@@ -10,7 +10,7 @@ import torch
 
 from iqp_plugin import IQPWrapper
 from iqp_plugin.cli import run
-from iqp_plugin.compare import main as compare_main
+from iqp_plugin.cli.compare import main as compare_main
 from tests import browser
 from tests.conftest import TINY_PLUGIN, TINY_SWINIR, save_model_files
 from tests.test_restore import rand_img
@@ -54,7 +54,8 @@ def test_report_in_headless_chromium(report):
     assert "http://" not in page and "https://" not in page and "<link" not in page
     with browser.Browser(width=1400) as b:
         b.open((report / "index.html").as_uri())
-        images = b.run("return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth]);")
+        images = b.run("return Array.from(document.images)"
+                       ".map(i => [i.getAttribute('src'), i.complete, i.naturalWidth]);")
         # 2 images x (2 slider layers + 4 detail crops + 3 sweep crops) + the sweep plot
         assert len(images) == 2 * (2 + 4 + 3) + 1
         broken = [src for src, complete, width in images if not (complete and width > 0)]

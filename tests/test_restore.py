@@ -11,9 +11,14 @@ import torch
 import yaml
 from PIL import ExifTags, Image, ImageOps
 
-from iqp_plugin import IQPWrapper, compare, datasets, exif, images, restore, running, scoring
-from iqp_plugin.cli import run
-from iqp_plugin.restore import main as restore_main
+from iqp_plugin import IQPWrapper
+from iqp_plugin.cli import restore, run
+from iqp_plugin.cli.restore import main as restore_main
+from iqp_plugin.data import datasets
+from iqp_plugin.inference import tiling as running
+from iqp_plugin.io import exif, images
+from iqp_plugin.prior import scoring
+from iqp_plugin.report import pictures
 from tests.conftest import TINY_PLUGIN, TINY_SWINIR, save_model_files
 
 
@@ -95,7 +100,8 @@ def test_output_folder_inside_the_input_folder_is_not_an_input(model, tmp_path):
     config, *_ = model
     cv2.imwrite(str(tmp_path / "a.png"), rand_img(16, 16))
     for _ in range(2):
-        run(restore_main, ["-i", str(tmp_path), "-o", str(tmp_path / "out"), "--config", str(config), "--device", "cpu"])
+        run(restore_main, ["-i", str(tmp_path), "-o", str(tmp_path / "out"), "--config", str(config),
+                           "--device", "cpu"])
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png")) == ["a.png", "out/a.png"]
 
 
@@ -266,7 +272,7 @@ def test_phone_photo_with_orientation_6_is_restored_and_scored_upright(model, tm
     expected = (direct(wrapper, view.astype(np.float32) / 255) * 255).round()
     assert restored.shape == (48, 32, 3) and np.abs(restored - expected).max() <= 1
 
-    assert compare.load_u8(src).tolist() == view.tolist()
+    assert pictures.load_u8(src).tolist() == view.tolist()
     assert scoring.load_image(src)[0].shape == (3, 24, 16)
     assert datasets.read_image(src).shape == (24, 16, 3)
 
@@ -294,7 +300,8 @@ def test_unwritable_outputs_fail_before_the_model_loads(model, tmp_path, request
         args, message = ["-i", str(src), "-o", str(folder / "out")], f"-o {folder / 'out'}: cannot write in {folder}"
     elif case == "file_output_is_a_folder":
         (tmp_path / "b.png").mkdir()
-        args, message = ["-i", str(src / "a.png"), "-o", str(tmp_path / "b.png")], f"-o {tmp_path / 'b.png'} is a folder, not a file"
+        args = ["-i", str(src / "a.png"), "-o", str(tmp_path / "b.png")]
+        message = f"-o {tmp_path / 'b.png'} is a folder, not a file"
     elif case == "output_in_folder_is_a_folder":
         (tmp_path / "out" / "a.png").mkdir(parents=True)
         args, message = (["-i", str(src), "-o", str(tmp_path / "out"), "--overwrite"],
@@ -322,7 +329,8 @@ def test_ctrl_c_says_where_the_partial_work_is(model, tmp_path, capsys, monkeypa
         return real(*args, **kwargs)
 
     monkeypatch.setattr(restore, "run_batch", interrupted)
-    code, err = run_cli(restore_main, ["-i", str(src), "-o", str(out), "--config", str(config), "--device", "cpu"], capsys)
+    code, err = run_cli(restore_main, ["-i", str(src), "-o", str(out), "--config", str(config), "--device", "cpu"],
+                        capsys)
     assert code == 130 and err.splitlines()[-1] == f"iqp: interrupted, partial work kept in {out}"
     assert sorted(p.name for p in out.iterdir()) == ["a.png"]  # the finished image, no temporary file
     code, err = run_cli(lambda argv: (_ for _ in ()).throw(KeyboardInterrupt), [], capsys)

@@ -1,9 +1,10 @@
-"""The tiny configs' data recipe, ``python -m iqp_plugin.sample_data datasets/sample_hq --size 96``: every crop
+"""The tiny configs' data recipe, ``python -m iqp_plugin.data.sample_data datasets/sample_hq --size 96``: every crop
 it makes can be scored, so that the documented score-then-train steps work. CPU, no downloads."""
 import numpy as np
 from PIL import Image
 
-from iqp_plugin import sample_data, scoring
+from iqp_plugin.data import sample_data
+from iqp_plugin.prior import scoring
 
 
 def luma_std(path):
@@ -23,7 +24,7 @@ def test_only_flat_crops_are_drawn_again(tmp_path):
     """A rejected crop is redrawn on its own generator: the other crops are those of the plain draw."""
     kept = sample_data.write_crops(tmp_path / "kept", 48, 96)
     plain = sample_data.write_crops(tmp_path / "plain", 48, 96, min_std=0)
-    changed = [a.name for a, b in zip(kept, plain) if a.read_bytes() != b.read_bytes()]
+    changed = [a.name for a, b in zip(kept, plain, strict=False) if a.read_bytes() != b.read_bytes()]
     assert changed == ["retina_0021.png"] and luma_std(plain[21]) < sample_data.MIN_STD
     again = sample_data.write_crops(tmp_path / "again", 48, 96)
-    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(kept, again))  # seeded
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(kept, again, strict=False))  # seeded

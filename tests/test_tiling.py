@@ -4,10 +4,10 @@ import cv2
 import numpy as np
 import pytest
 
-from adapters.swinir import SwinIRAdapter
-from iqp_plugin import running
+from iqp_plugin.adapters.swinir import SwinIRAdapter
 from iqp_plugin.cli import run
-from iqp_plugin.restore import main as restore_main
+from iqp_plugin.cli.restore import main as restore_main
+from iqp_plugin.inference import tiling as running
 from tests.test_restore import make_model, rand_img
 
 

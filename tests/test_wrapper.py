@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 
 from iqp_plugin import IQPWrapper
-from iqp_plugin.plugin import IQPPlugin
+from iqp_plugin.archs.plugin import IQPPlugin
 from tests.conftest import TINY_PLUGIN, TINY_SWINIR
 
 RRDB = dict(type="RRDBNet", num_in_ch=3, num_out_ch=3, num_feat=16, num_block=1, num_grow_ch=8, scale=2)
