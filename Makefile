@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.iqp-installed
 ARGS   ?=
 
-.PHONY: install test demo clean
+.PHONY: install test demo app clean
 
 install: $(STAMP)
 
@@ -17,7 +17,7 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip wheel 'setuptools<81'
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install -q --no-build-isolation basicsr==1.4.2
-	$(BIN)/python -m pip install -q --no-build-isolation -e '.[test,export]'
+	$(BIN)/python -m pip install -q --no-build-isolation -e '.[test,export,app]'
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -25,6 +25,12 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m iqp_plugin.demo $(ARGS)
+
+# the web page on the demo's model (make demo first), or on ARGS="--config F ..."
+app: $(STAMP)
+	@test -n "$(ARGS)" -o -f demo_out/wrapper.yml || \
+		{ echo 'make app: no demo_out/wrapper.yml: run make demo first, or give ARGS="--config F"'; exit 2; }
+	$(BIN)/python -m iqp_plugin.cli.app $(or $(ARGS),--config demo_out/wrapper.yml)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

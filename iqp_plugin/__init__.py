@@ -15,12 +15,19 @@ __version__ = "0.1.0"
 
 
 def register() -> None:
-    """Register the project's host archs and adapters, datasets, models and losses in BasicSR's registries."""
-    from iqp_plugin import adapters  # noqa: F401  (host archs and adapters)
-    from iqp_plugin.archs import wrapper  # noqa: F401  (IQPWrapper)
-    from iqp_plugin.data import datasets  # noqa: F401
-    from iqp_plugin.models import iqp_model, vq_host_model  # noqa: F401
-    from iqp_plugin.prior import loss  # noqa: F401  (QualityLoss)
+    """Register the project's host archs and adapters, datasets, models and losses in BasicSR's registries.
+
+    Third-party modules that call ``torch.jit.script`` at import (spandrel's, BasicSR's) warn that it is
+    deprecated; that warning is silenced here, so that a command's one-line error stays one line."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.script.*")
+        from iqp_plugin import adapters  # noqa: F401  (host archs and adapters)
+        from iqp_plugin.archs import wrapper  # noqa: F401  (IQPWrapper)
+        from iqp_plugin.data import datasets  # noqa: F401
+        from iqp_plugin.models import iqp_model, vq_host_model  # noqa: F401
+        from iqp_plugin.prior import loss  # noqa: F401  (QualityLoss)
 
 
 def __getattr__(name: str):

@@ -4,7 +4,9 @@
     torchrun --nproc_per_node 2 -m iqp_plugin.train -opt configs/X.yml --launcher pytorch
 
 Experiments are written under ``./experiments/<name>`` of the current directory; training states are
-written atomically, and ``--auto_resume`` continues from the newest readable one (:mod:`iqp_plugin.models.training`).
+written atomically, a checkpoint that cannot be written stops the run, and ``--auto_resume`` continues from the
+newest readable state whose network files are complete (:mod:`iqp_plugin.models.training`). The option file,
+with ``--force_yml`` applied, is checked before training starts (:mod:`iqp_plugin.io.training_keys`).
 Run as a module or as ``iqp train``, errors end in one line (exit code 2) and Ctrl-C in
 "iqp: interrupted, partial work kept in experiments/<name>" (exit code 130).
 """
@@ -15,8 +17,9 @@ import sys
 
 import iqp_plugin
 from iqp_plugin.cli import parsers, writing
-from iqp_plugin.io.options import read_options
+from iqp_plugin.io.options import apply_overrides, read_options
 from iqp_plugin.io.registry import check_option_types
+from iqp_plugin.io.training_keys import check_devices, check_training_options, missing_option
 from iqp_plugin.models import training
 
 
@@ -25,14 +28,23 @@ def main(argv: list[str] | None = None) -> None:
     known = parsers.train().parse_args(argv)
     iqp_plugin.register()
     opt = read_options(known.opt)
+    origins = apply_overrides(opt, known.force_yml, known.opt)
     check_option_types(opt)
+    check_training_options(opt, known.opt, origins)
+    check_devices(opt, known.opt, distributed=known.launcher != "none")
     writing(os.path.join(os.getcwd(), "experiments", opt["name"]))
 
     training.patch()
     from basicsr.train import train_pipeline
 
     sys.argv = [sys.argv[0], *argv]
-    train_pipeline(os.getcwd())
+    try:
+        train_pipeline(os.getcwd())
+    except KeyError as err:  # an option BasicSR reads that no check above knows of
+        error = missing_option(err, known.opt)
+        if error is None:
+            raise
+        raise error from err
     _close_process_group()
 
 

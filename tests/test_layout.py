@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from setuptools import find_packages
+from setuptools import find_namespace_packages
 
 from tests.conftest import REPO
 
@@ -15,9 +15,10 @@ from tests.conftest import REPO
 def test_only_iqp_plugin_is_installed_at_the_top_level():
     cfg = configparser.ConfigParser()
     cfg.read(REPO / "setup.cfg")
-    include = cfg["options.packages.find"]["include"].split()
-    packages = find_packages(str(REPO), include=include)
+    find = cfg["options.packages.find"]
+    packages = find_namespace_packages(str(REPO), include=find["include"].split(), exclude=find["exclude"].split())
     assert {p.split(".")[0] for p in packages} == {"iqp_plugin"}, packages
+    assert "iqp_plugin.report.assets" in packages and not any("__pycache__" in p for p in packages)
     assert "py_modules" not in cfg["options"]
 
 

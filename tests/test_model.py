@@ -237,13 +237,15 @@ def test_stage_and_threshold_options_are_checked(workdir):
         make_model(workdir, "codebook", hq_top_percent=None)
 
 
-def bare_model(workdir, stage, pretrain=None, score_csv="datasets/sample_hq_scores.csv"):
+def bare_model(workdir, stage, pretrain=None, score_csv="datasets/sample_hq_scores.csv", plugin=None,
+               resume_state=None):
     """IQPModel of a tiny config, built without its datasets."""
     opt = yaml.safe_load((CONFIGS / f"swinir_{stage}.yml").read_text())
     opt.update(is_train=True, dist=False, rank=0, world_size=1, root_path=str(workdir))
     opt["network_g"]["host_checkpoint"] = str(workdir / "host.pth")
+    opt["network_g"]["plugin"].update(plugin or {})
     opt["path"].update(pretrain_network_g=pretrain, models=str(workdir / "models"),
-                       training_states=str(workdir / "states"))
+                       training_states=str(workdir / "states"), resume_state=resume_state)
     opt["datasets"]["train"]["score_csv"] = score_csv and str(workdir / score_csv)
     return build_model(opt)
 
@@ -262,3 +264,43 @@ def test_unsafe_pretrained_plugin_is_refused_in_one_line(workdir):
 def test_training_without_scores_warns(workdir, stage):
     with pytest.warns(UserWarning, match=rf"stage {stage} without datasets:train:score_csv"):
         bare_model(workdir, stage, score_csv=None)
+
+
+def test_a_plugin_that_cannot_be_saved_stops_the_run(workdir, monkeypatch):
+    """A full disk while writing net_g_<iter>.pth: one line naming the file, and no training state without it."""
+    import errno
+
+    from iqp_plugin.errors import CheckpointError
+    from iqp_plugin.io import plugin_checkpoint
+    from iqp_plugin.models import training
+
+    training.patch()
+    model = bare_model(workdir, "predictor")
+
+    def full_disk(path, ckpt):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(plugin_checkpoint, "write", full_disk)
+    path = workdir / "models" / "net_g_7.pth"
+    with pytest.raises(CheckpointError) as err:
+        model.save(0, 7)
+    assert str(err.value).startswith(f"Cannot save {path} ([Errno 28] No space left on device): training stopped.")
+    assert "--auto_resume" in str(err.value) and not (workdir / "states" / "7.state").exists()
+
+
+def test_a_plugin_of_another_width_names_the_file_and_the_options(workdir):
+    from iqp_plugin.errors import CheckpointError
+    from iqp_plugin.models import training
+
+    training.patch()
+    bare_model(workdir, "predictor").save(0, 5)
+    saved = workdir / "models" / "net_g_5.pth"
+    with pytest.raises(CheckpointError) as err:
+        bare_model(workdir, "predictor", pretrain=str(saved), plugin={"dim": 48})
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{saved} does not fit network_g:plugin: ")
+    assert "in the file, " in message and "it was saved with dim: 32 (now 48). Set the network options as" in message
+    state = workdir / "states" / "5.state"
+    with pytest.raises(CheckpointError, match=rf"dim: 32 \(now 48\)\. It was saved with the resume state {state}, "
+                                              "and the network options changed since: resume with the options"):
+        bare_model(workdir, "predictor", pretrain=str(saved), plugin={"dim": 48}, resume_state=str(state))

@@ -11,7 +11,7 @@ from PIL import Image
 
 from iqp_plugin.prior.niqe import NIQE
 
-NIQE_FILE = Path(__file__).resolve().parents[1] / "iqp_plugin" / "niqe.py"
+NIQE_FILE = Path(__file__).resolve().parents[1] / "iqp_plugin" / "prior" / "niqe.py"
 ATOL = 1e-8  # measured: under 1e-10 (float64 inside, pyiqa's float32 steps reproduced exactly)
 
 

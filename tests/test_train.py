@@ -209,10 +209,10 @@ def test_auto_resume_skips_unreadable_states(tmp_path, capsys):
     assert opt["path"]["resume_state"] == str(states / "4.state")
     err = capsys.readouterr().err
     assert f"skipped unreadable training state {states / '6.state'} (PytorchStreamReader" in err
-    assert f"resuming from the newest readable one, {states / '4.state'}" in err
+    assert f"resuming from the newest complete one, {states / '4.state'}" in err
 
     (states / "4.state").write_bytes(b"")
-    with pytest.raises(ValueError, match=r"No readable training state in .*6\.state .*4\.state \(.*Delete the"):
+    with pytest.raises(ValueError, match=r"No complete, readable training state in .*6\.state .*4\.state \(.*Delete"):
         basicsr_cpu.load_resume_state({**opt, "path": {"resume_state": None}})
     with pytest.raises(ValueError, match=r"Resume state .*4\.state is unreadable .*Pass another path:resume_state"):
         basicsr_cpu.load_resume_state({**opt, "auto_resume": False, "path": {"resume_state": str(states / "4.state")}})

@@ -5,6 +5,13 @@ from iqp_plugin.adapters import (  # noqa: F401  (register)  # noqa: F401  (regi
     restoreformer,
     swinir,
 )
-from iqp_plugin.adapters.base import ADAPTERS, Bottleneck, HostAdapter, adapter_for, register_adapter
+from iqp_plugin.adapters.base import (
+    ADAPTERS,
+    Bottleneck,
+    HostAdapter,
+    adapter_for,
+    check_host_opt,
+    register_adapter,
+)
 
-__all__ = ["ADAPTERS", "Bottleneck", "HostAdapter", "adapter_for", "register_adapter"]
+__all__ = ["ADAPTERS", "Bottleneck", "HostAdapter", "adapter_for", "check_host_opt", "register_adapter"]

@@ -70,6 +70,11 @@ class HostAdapter:
         as it is; adapters whose host is a class of their own rebuild it (:func:`rebuilt`)."""
         return cls(descriptor.model, **opt)
 
+    @classmethod
+    def check_host_opt(cls, opt: dict) -> None:
+        """Refuse, before the host is built, options of a hand-written host (``host: {type: ..., ...}``) that
+        this adapter's host class cannot take (nothing by default)."""
+
     @property
     def channels(self) -> int:
         """Channel count C of ``feat`` and ``z``."""
@@ -118,6 +123,14 @@ def adapter_class(name: str) -> type[HostAdapter]:
     if name not in ADAPTERS:
         raise InvalidInputError(f"Unknown adapter '{name}'. Known adapters: {', '.join(sorted(ADAPTERS))}.")
     return ADAPTERS[name]
+
+
+def check_host_opt(opt: dict) -> None:
+    """The up-front checks (:meth:`HostAdapter.check_host_opt`) of the adapters that run hosts of ``opt['type']``."""
+    kind = opt.get("type") if isinstance(opt, dict) else None
+    for cls in ADAPTERS.values():
+        if kind in cls.host_types:
+            cls.check_host_opt(opt)
 
 
 def adapter_for(host: nn.Module | ModelDescriptor, name: str | None = None, opt: dict | None = None) -> HostAdapter:

@@ -3,7 +3,12 @@
 Bottleneck: ``res = conv_after_body(forward_features(conv_first(x))) + conv_first(x)`` at input
 resolution, C = embed_dim; ``feat = z = res``. The rest of the host (upsampler, or the global image
 residual of the denoising/JPEG models) is the decoder. Inputs whose sides are not multiples of the
-window size are reflect-padded and the output cropped, as the official test script does.
+window size are reflect-padded at the bottom and right and the output cropped, as the official model's
+``forward`` does (``check_image_size``).
+
+BasicSR's SwinIR builds the real-world upsampler (``nearest+conv``) only at x4; the official code also
+has x2 and x8. A hand-written ``host: {type: SwinIR, upsampler: nearest+conv}`` at another scale is refused
+before it is built; with ``host: auto`` such a checkpoint runs on spandrel's SwinIR (the official code).
 """
 from __future__ import annotations
 
@@ -31,7 +36,19 @@ class SwinIRAdapter(HostAdapter):
         if hp.pop("start_unshuffle") != 1:
             raise InvalidInputError("this SwinIR pixel-unshuffles its input (conv_first.1), which BasicSR's SwinIR "
                                     "cannot: use adapter: hook")
+        if hp["upsampler"] == "nearest+conv" and hp["upscale"] != 4:  # BasicSR's SwinIR asserts x4 here
+            return cls(descriptor.model, **opt)
         return cls(rebuilt(ARCH_REGISTRY.get("SwinIR"), descriptor, **hp), **opt)
+
+    @classmethod
+    def check_host_opt(cls, opt: dict) -> None:
+        """Refuse the real-world upsampler at a scale other than 4, which BasicSR's SwinIR cannot build."""
+        upscale = opt.get("upscale", 2)  # BasicSR's default
+        if opt.get("upsampler") == "nearest+conv" and upscale != 4:
+            raise InvalidInputError(f"host: BasicSR's SwinIR supports upsampler nearest+conv only at upscale 4, not "
+                                    f"{upscale}: for an official real-world SwinIR x{upscale} checkpoint use "
+                                    "host: auto with host_checkpoint: FILE (iqp restore --host FILE), which runs "
+                                    "the official SwinIR")
 
     @property
     def channels(self) -> int:
@@ -59,10 +76,11 @@ class SwinIRAdapter(HostAdapter):
             x = host.conv_last(host.upsample(host.conv_before_upsample(x)))
         elif host.upsampler == "pixelshuffledirect":
             x = host.upsample(x)
-        elif host.upsampler == "nearest+conv":
+        elif host.upsampler == "nearest+conv":  # one conv_up<i> per doubling: x2, x4 or x8
             x = host.conv_before_upsample(x)
-            x = host.lrelu(host.conv_up1(F.interpolate(x, scale_factor=2, mode="nearest")))
-            x = host.lrelu(host.conv_up2(F.interpolate(x, scale_factor=2, mode="nearest")))
+            for i in range(1, host.upscale.bit_length()):
+                conv = getattr(host, f"conv_up{i}")
+                x = host.lrelu(conv(F.interpolate(x, scale_factor=2, mode="nearest")))
             x = host.conv_last(host.lrelu(host.conv_hr(x)))
         else:
             x = b.ctx["x"] + host.conv_last(x)

@@ -34,11 +34,11 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from iqp_plugin.adapters import Bottleneck, adapter_for
+from iqp_plugin.adapters import Bottleneck, adapter_for, check_host_opt
 from iqp_plugin.archs.plugin import IQPPlugin, PluginOutput
 from iqp_plugin.errors import InvalidInputError
 from iqp_plugin.io.host_checkpoint import describe_host, load_weights
-from iqp_plugin.io.registry import build_arch
+from iqp_plugin.io.registry import build_arch, check_host_options
 
 
 @ARCH_REGISTRY.register()
@@ -62,6 +62,8 @@ class IQPWrapper(nn.Module):
         elif isinstance(host, str):
             raise InvalidInputError(f"host must be 'auto' or an option dict {{type: <arch>, ...}}, got {host!r}")
         else:
+            check_host_options(host, "host")  # names first: a misspelt key would mislead the checks below
+            check_host_opt(host)
             self.host = build_arch(host, where="host")
             if host_checkpoint:
                 load_weights(self.host, host_checkpoint)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 
 from iqp_plugin.cli import parsers
 from iqp_plugin.errors import IQPError
@@ -22,6 +23,8 @@ COMMANDS = {
                 "host alone vs host + plug-in: grids, metrics, plot, HTML (-i IN -o DIR)"),
     "export": ("iqp_plugin.cli.export", parsers.export, True,
                "host + plug-in as one ONNX graph (--config F --onnx OUT.onnx)"),
+    "app": ("iqp_plugin.cli.app", parsers.app, True,
+            "a local web page: restore your images, move the score live (--config F; [app] extra)"),
 }
 
 
@@ -53,14 +56,22 @@ def writing(path) -> None:
     _output = str(path)
 
 
+#: Warnings that third-party code gives while a command builds its models, about that code, not the user's input:
+#: (category, message regex). BasicSR's SwinIR calls ``torch.meshgrid`` without ``indexing``.
+THIRD_PARTY_WARNINGS = [(UserWarning, r"torch\.meshgrid: in an upcoming release")]
+
+
 def run(entry, argv: list[str] | None = None) -> None:
     """Call a command's ``main``, the one handler of every command: a user error ends in one line and exit
     code 2; Ctrl-C in one line naming where the partial work is kept (:func:`writing`) and exit code 130,
-    instead of a traceback."""
+    instead of a traceback. :data:`THIRD_PARTY_WARNINGS` are not shown."""
     global _output
     _output = None
     try:
-        entry(argv)
+        with warnings.catch_warnings():
+            for category, message in THIRD_PARTY_WARNINGS:
+                warnings.filterwarnings("ignore", message, category)
+            entry(argv)
     except KeyboardInterrupt:
         print(f"iqp: interrupted, partial work kept in {_output or 'the outputs written so far'}", file=sys.stderr)
         sys.exit(130)

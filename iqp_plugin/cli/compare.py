@@ -23,7 +23,9 @@ two standard errors from zero, else 'same' (within noise), with the difference a
 GT files are matched by relative path, else by name with LR/HR/LQ/GT/x<scale> tokens removed
 (``img_001_SRF_4_LR.png`` <-> ``img_001_SRF_4_HR.png``). Every GT's size is checked against its output's
 (input size times the model's scale, measured on the first image) before anything is written; REPORT_DIR
-is checked before the model loads.
+is checked before the model loads: it may be neither an input or GT folder, nor lie inside one, nor hold one.
+Every input (and its GT) is decoded before the model loads; as in ``iqp restore``, the unreadable ones are
+named, left out and named again in the summary and on the page, and the exit code is 1.
 """
 from __future__ import annotations
 
@@ -38,11 +40,12 @@ import torch
 from tqdm import tqdm
 
 from iqp_plugin.cli import parsers, writing
+from iqp_plugin.cli.restore import unreadable
 from iqp_plugin.errors import InvalidInputError
 from iqp_plugin.inference.faces import check_face_args, photo_restorer_from_args
 from iqp_plugin.inference.loading import load_from_args
 from iqp_plugin.inference.tiling import check_tile_args, run_batch
-from iqp_plugin.io.files import check_writable
+from iqp_plugin.io.files import check_outputs_apart, check_writable
 from iqp_plugin.io.images import find_images, read_picture
 from iqp_plugin.prior.metrics import create_prior
 from iqp_plugin.prior.score_files import check_scores
@@ -81,6 +84,7 @@ class Report:
     first: str | None
     sweep: dict[str, list[list[float]]]
     images: list[dict]
+    skipped: list[Path]
 
 
 def restorer(args, wrapper, photos, scores: list[float]) -> Callable[[np.ndarray], tuple[dict, str | None]]:
@@ -123,7 +127,7 @@ def add_image(report: Report, name: str, stem: str, rgb: np.ndarray, outputs: di
 
 
 def finish(report: Report, lower: dict[str, bool], kinds: dict[str, str], title: str, start: float) -> None:
-    """The tables, the sweep plot and the page; one verdict line per metric printed."""
+    """The tables, the sweep plot and the page; one verdict line per metric printed, and the summary."""
     rows = [img["row"] for img in report.images]
     metrics = [k[:-5] for k in rows[0] if k.endswith("_host")]
     mean = mean_row(rows)
@@ -136,31 +140,53 @@ def finish(report: Report, lower: dict[str, bool], kinds: dict[str, str], title:
     iqp = {m: [r[f"{m}_iqp"] for r in rows[1:]] for m in metrics}
     cards = [(m, kinds.get(m, ""), lower[m], paired(iqp[m], host[m], lower[m])) for m in metrics]
     seconds = time.perf_counter() - start
-    write_html(report.out, cards, rows, metrics, report.images, sweep, lower, seconds, title)
+    write_html(report.out, cards, rows, metrics, report.images, sweep, lower, seconds, title,
+               [str(p) for p in report.skipped])
     for m in metrics:
         print(verdict(m, host[m], iqp[m], lower[m]))
-    print(f"iqp compare: {len(report.images)} images in {seconds:.1f} s -> {report.out / 'index.html'}")
+    print(f"iqp compare: {len(report.images)} images in {seconds:.1f} s -> {report.out / 'index.html'}"
+          + unreadable(report.skipped))
 
 
-def check_inputs(args) -> tuple[list[float], Path | None, list[tuple[str, Path]], dict[str, Path]]:
+def readable(items: list[tuple[str, Path]], gts: dict[str, Path]) -> tuple[list[tuple[str, Path]], list[Path]]:
+    """The inputs whose file and GT both decode, and the files that do not (each named on stderr, as
+    ``iqp restore`` does); an error when no input is left."""
+    kept, bad = [], []
+    for name, path in items:
+        try:
+            for file in (path, gts[name]) if gts else (path,):
+                read_picture(file)
+        except ValueError as err:
+            print(f"iqp compare: skipped {path}: {err}", file=sys.stderr)
+            bad.append(file)
+        else:
+            kept.append((name, path))
+    if not kept:
+        raise InvalidInputError(f"no input could be read{unreadable(bad)}")
+    return kept, bad
+
+
+def check_inputs(args) -> tuple[list[float], Path | None, list[tuple[str, Path]], dict[str, Path], list[Path]]:
     """The checks made before the model loads; returns the sweep scores, the face detector's weights
-    (``--faces``), the inputs and their GT files."""
+    (``--faces``), the readable inputs, their GT files and the unreadable files."""
     scores = parse_scores(args.scores)
     if args.score is not None:
         check_scores(args.score, "--score")
     check_tile_args(args)
     detector = check_face_args(args)
     items = find_images(args.input)
+    check_outputs_apart([args.input, *([args.gt] if args.gt else [])], folders={"-o": args.output})
     check_writable(args.output, folder=True)
     gts = match_gt([n for n, _ in items], args.gt) if args.gt else {}
-    return scores, detector, items, gts
+    items, skipped = readable(items, gts)
+    return scores, detector, items, gts, skipped
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run ``iqp compare`` (options: :func:`iqp_plugin.cli.parsers.compare`)."""
     args = parsers.compare().parse_args(argv)
     start = time.perf_counter()
-    scores, detector, items, gts = check_inputs(args)
+    scores, detector, items, gts, skipped = check_inputs(args)
     heldout = [m.strip() for m in args.heldout.split(",") if m.strip()]
     prior = create_prior(args.metrics)
     nr = create_prior(list(dict.fromkeys([*prior.metrics, *heldout])))
@@ -169,13 +195,16 @@ def main(argv: list[str] | None = None) -> None:
         raise InvalidInputError("compare needs a plug-in: --plugin F, or a plugin block plus plugin_checkpoint in the "
                                 "config")
     photos = photo_restorer_from_args(args, wrapper, detector) if args.faces else None
+    tiled = photos.background if photos is not None else wrapper
+    if tiled is not None:
+        check_tile_args(args, tiled)  # the tile side the run will use, before any image
     device = next(wrapper.parameters()).device
     stems = [Path(n).with_suffix(".png").as_posix() for n, _ in items]
     if len(set(stems)) != len(stems):
         raise InvalidInputError("two inputs differ only in their extension; compare them in separate runs")
 
     report = Report(Path(args.output), scores, gts, nr.create_metrics(device), device,
-                    nr.metrics[0] if nr.metrics else None, {m: [[] for _ in scores] for m in nr.metrics}, [])
+                    nr.metrics[0] if nr.metrics else None, {m: [[] for _ in scores] for m in nr.metrics}, [], skipped)
     restore = restorer(args, wrapper, photos, scores)
     writing(report.out)
     for (name, path), stem in zip(tqdm(items, desc="compare", unit="img"), stems, strict=True):
@@ -192,6 +221,8 @@ def main(argv: list[str] | None = None) -> None:
              **{m: "vs GT" for m in FULL_REF}}
     title = "Host alone vs host + IQP" + (" (whole photos: faces detected and pasted back)" if photos else "")
     finish(report, {**dict(zip(nr.metrics, nr.lower_better, strict=True)), **FULL_REF}, kinds, title, start)
+    if skipped:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 
 Needs the ``[export]`` extra (``pip install -e '.[export]'``). The graph's inputs, output, dynamic sizes and
 metadata, and how it is exported: :mod:`iqp_plugin.inference.onnx`. The options that need no model, and the
-place of the ``.onnx`` file, are checked before the model loads; the file is written atomically.
+place of the ``.onnx`` file (not one of the files it reads), are checked before the model loads; the file is
+written atomically.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from iqp_plugin.cli import parsers
 from iqp_plugin.errors import InvalidInputError
 from iqp_plugin.inference.loading import host_kwargs, load_wrapper, wrapper_options
 from iqp_plugin.inference.onnx import export
-from iqp_plugin.io.files import check_writable
+from iqp_plugin.io.files import check_outputs_apart, check_writable
 from iqp_plugin.prior.score_files import check_scores
 
 
@@ -34,14 +35,16 @@ def main(argv: list[str] | None = None) -> None:
     check_writable(args.onnx, option="--onnx")
     if not Path(args.config).is_file():
         raise FileNotFoundError(f"--config {args.config}: no such file")
+    net, plugin_file = wrapper_options(args.config)
+    plugin_file = args.plugin or plugin_file
+    reads = [args.config, *(f for f in (plugin_file, net.get("host_checkpoint")) if f)]
+    check_outputs_apart(reads, files={"--onnx": args.onnx})
     for module in ("onnx", "onnxscript"):
         try:
             __import__(module)
         except ImportError as err:
             raise InvalidInputError(f"iqp export needs {module}: pip install -e '.[export]'") from err
     logging.getLogger("onnxscript.optimizer").setLevel(logging.ERROR)  # notes on constants it leaves unfolded
-    net, plugin_file = wrapper_options(args.config)
-    plugin_file = args.plugin or plugin_file
     if args.host_only:
         net["plugin"], plugin_file = None, None
     elif (args.score is not None or args.score_input) and net.get("plugin") is None and not plugin_file:

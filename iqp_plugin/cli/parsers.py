@@ -7,6 +7,7 @@ return before torch is loaded (see :mod:`iqp_plugin.cli`). Each command's ``main
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from iqp_plugin.inference import AUTO_TILE_ABOVE, TILE_OVERLAP
 
@@ -112,6 +113,12 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
 
+def model_files(args: argparse.Namespace) -> list[str]:
+    """The files that the options of :func:`add_model_args` and :func:`add_face_args` name (those given)."""
+    names = ("config", "host_checkpoint", "plugin", "bg_host", "detector_weights")
+    files = [v for v in (getattr(args, n, None) for n in names) if v]
+    host = getattr(args, "host", None)
+    return files + [host] if host and Path(host).is_file() else files
 
 
 def add_tile_args(parser: argparse.ArgumentParser) -> None:
@@ -143,3 +150,26 @@ def add_face_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--detector-weights", metavar="PATH",
                    help="with --faces: RetinaFace weights, facexlib's detection_Resnet50_Final.pth "
                         "(default: that file in facexlib's weights folder)")
+
+
+#: The port of ``iqp app`` without ``--port`` (Gradio's own default).
+DEFAULT_PORT = 7860
+
+
+def app() -> argparse.ArgumentParser:
+    """``iqp app``."""
+    p = argparse.ArgumentParser(prog="iqp app", description="A local web page: restore your images with host + "
+                                "plug-in and move the score live (needs the [app] extra).")
+    add_model_args(p)
+    p.add_argument("--score", type=float, help="the slider's first score, in [0, 1] (default: the plug-in's target)")
+    p.add_argument("--w", type=float, help="CodeFormer's fidelity weight (0: quality .. 1: fidelity)")
+    add_tile_args(p)
+    add_face_args(p)
+    p.add_argument("--batch", type=int, default=1, help="with --faces: faces of one photo restored together "
+                                                         "(as iqp restore --batch)")
+    g = p.add_argument_group("server")
+    g.add_argument("--port", type=int, default=DEFAULT_PORT,
+                   help=f"port of the page (default {DEFAULT_PORT}; 0: any free one)")
+    g.add_argument("--bind", default="127.0.0.1", metavar="ADDR",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
+    return p

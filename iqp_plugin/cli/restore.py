@@ -10,12 +10,14 @@ and ``--plugin`` adds a plug-in trained on exactly that file (another one is an 
 ``--allow-host-mismatch``).
 
 Names and formats are kept (``OUT/<relative path>``; a single input file may also go to an image path);
-OUT may lie inside a folder IN (it is not searched for inputs), but may not be IN or a folder above it.
+OUT may lie inside a folder IN (it is not searched for inputs), but may not be IN or a folder above it; an image
+path OUT may not be IN nor a model file the command reads.
 Inputs of more than ``--tile-above`` pixels (default 512 x 512) are restored in overlapping, blended tiles of
 at most that many pixels, so that memory stays bounded; ``--tile T`` sets the tile side, ``--tile 0`` turns
 tiling off. Images are read upright (EXIF orientation) and written without the tag;
 RGBA keeps its alpha, grayscale stays grayscale, 16-bit PNG stays 16-bit. Existing outputs are skipped
-unless ``--overwrite``; unreadable inputs are reported and skipped. Exit code 1 when some input failed.
+unless ``--overwrite``; unreadable inputs are reported, skipped and named again in the summary line (as in
+``iqp compare``). Exit code 1 when some input failed.
 Every output is checked (not a folder, in a writable place) before the model loads; Ctrl-C keeps the images
 written so far (the next run skips them).
 
@@ -34,23 +36,26 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from iqp_plugin.archs.wrapper import IQPWrapper
 from iqp_plugin.cli import parsers, writing
 from iqp_plugin.errors import InvalidInputError
-from iqp_plugin.inference.faces import check_face_args, photo_restorer_from_args
+from iqp_plugin.inference.faces import PhotoRestorer, check_face_args, photo_restorer_from_args
 from iqp_plugin.inference.loading import host_kwargs, load_from_args
 from iqp_plugin.inference.tiling import check_tile_args, run_batch
-from iqp_plugin.io.files import IMAGE_SUFFIXES, check_writable
+from iqp_plugin.io.files import IMAGE_SUFFIXES, check_outputs_apart, check_writable
 from iqp_plugin.io.images import Picture, find_images, read_picture, write_picture
 from iqp_plugin.prior.score_files import check_scores
 
 
-def output_paths(src: str, dst: str) -> list[tuple[Path, Path]]:
-    """(input, output) file pairs; a single input file with ``dst`` ending in an image suffix maps to it.
+def output_paths(src: str, dst: str, reads: list[str] = ()) -> list[tuple[Path, Path]]:
+    """(input, output) file pairs; a single input file with ``dst`` ending in an image suffix maps to it (which may
+    be neither that file nor one of the other files the command ``reads``).
     An output folder inside the input folder is not searched for inputs (earlier outputs are not inputs);
     an output folder that is the input folder or holds it is a ValueError (its outputs would be inputs), and
     so is an output that cannot be written (:func:`~iqp_plugin.io.files.check_writable`)."""
     items = find_images(src)
     if Path(src).is_file() and Path(dst).suffix.lower() in IMAGE_SUFFIXES:
+        check_outputs_apart([src, *reads], files={"-o": dst})
         check_writable(dst)
         return [(items[0][1], Path(dst))]
     out = Path(dst).resolve()
@@ -66,28 +71,50 @@ def output_paths(src: str, dst: str) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parsers.restore().parse_args(argv)
+def unreadable(paths: list[Path]) -> str:
+    """The end of a summary line naming the inputs that could not be read (the first five)."""
+    if not paths:
+        return ""
+    more = f" (+{len(paths) - 5} more)" if len(paths) > 5 else ""
+    return f"; unreadable, skipped: {', '.join(map(str, paths[:5]))}{more}"
+
+
+def check_restore_args(args) -> Path | None:
+    """The checks of the restoring options (score, batch, tiles, faces) made before anything loads; returns the
+    face detector's weights file with ``--faces`` (:func:`iqp_plugin.inference.faces.check_face_args`)."""
     if args.score is not None:
         check_scores(args.score, "--score")
     if args.batch < 1:
         raise InvalidInputError("--batch must be >= 1")
     check_tile_args(args)
-    detector = check_face_args(args)
-    pairs = output_paths(args.input, args.output)
-    if any(src.resolve() == dst.resolve() for src, dst in pairs):
-        raise InvalidInputError("the output would replace an input: choose another -o")
+    return check_face_args(args)
+
+
+def load_restorer(args, detector) -> tuple[IQPWrapper, dict, PhotoRestorer | None]:
+    """The wrapper, its host arguments and (with ``--faces``) the photo restorer of the restoring options, with the
+    tile side checked on the model before any image; shared by ``iqp restore`` and ``iqp app``."""
     wrapper = load_from_args(args)
     if args.score is not None and wrapper.plugin is None:
         raise InvalidInputError("--score needs a plug-in (--plugin F or a plugin block in the config)")
     kwargs = host_kwargs(wrapper, w=args.w)
-    if args.tile and wrapper.adapter.input_size and not args.faces:
-        raise InvalidInputError(f"--tile does not apply to {type(wrapper.host).__name__}, "
-                                "which takes whole aligned faces")
     photos = photo_restorer_from_args(args, wrapper, detector, **kwargs) if args.faces else None
+    tiled = photos.background if photos is not None else wrapper
+    if tiled is not None:
+        check_tile_args(args, tiled)  # the tile side the run will use, before any image
+    return wrapper, kwargs, photos
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parsers.restore().parse_args(argv)
+    detector = check_restore_args(args)
+    pairs = output_paths(args.input, args.output, parsers.model_files(args))
+    if any(src.resolve() == dst.resolve() for src, dst in pairs):
+        raise InvalidInputError("the output would replace an input: choose another -o")
+    wrapper, kwargs, photos = load_restorer(args, detector)
 
     start = time.perf_counter()
     counts = {"done": 0, "skipped": 0, "failed": 0, "faces": 0, "faceless": 0}
+    failed: list[Path] = []
     pending: list[tuple[Path, Picture]] = []
 
     def flush() -> None:
@@ -111,6 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         except ValueError as err:
             tqdm.write(f"iqp restore: skipped {src}: {err}", file=sys.stderr)
             counts["failed"] += 1
+            failed.append(src)
             continue
         if photos is not None:
             photo = photos(pic.rgb, {"out": {"score": args.score}})
@@ -132,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"iqp restore: {counts['faces']} faces restored; photos without a restored face (written as their "
               f"background): {counts['faceless']}")
     print(f"iqp restore: {counts['done']} done, {counts['skipped']} skipped (exist; --overwrite to redo), "
-          f"{counts['failed']} failed in {seconds:.1f} s -> {args.output}")
+          f"{counts['failed']} failed in {seconds:.1f} s -> {args.output}" + unreadable(failed))
     if counts["failed"]:
         sys.exit(1)
 

@@ -16,8 +16,12 @@ Scoring into an existing CSV merges: its rows are kept, one row per image name, 
 this run are added; an image whose file is unchanged since it was scored (same inode, size and
 modification time) is not computed again, a new or changed one is, and its row gets the new scores
 (or, when it cannot be scored any more, it moves to the sidecar's failures).
-The ``score`` column is normalised over all rows. ``--replace`` ignores the CSV's earlier rows: the
-CSV written at the end holds the images of this run (and of the interrupted run it resumes) only.
+The ``score`` column is normalised over all rows, the CSV's way unless ``--norm`` or ``--normalizer``
+asks for another (then every earlier score changes scale: a warning, repeated at the end). An image
+name that the CSV gives another file (``A/001.jpg`` scored, then ``B/001.jpg``) is refused.
+``--replace`` ignores the CSV's earlier rows: the CSV written at the end holds the images of this run
+(and of the interrupted run it resumes) only; it also removes a partial file for other metrics. One run
+at a time writes a CSV: a second one is refused in one line.
 A ``.json`` at the sidecar's path that is not a sidecar is never overwritten. Images that cannot be
 scored, and the checks made before any metric loads: :mod:`iqp_plugin.prior.scoring`.
 """
@@ -52,6 +56,7 @@ def markdown(summary: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Run ``iqp score`` with the options ``argv``: score the ``-i`` folders into ``-o``, or print a summary."""
     p = parsers.score()
+    p.set_defaults(norm=None)  # no --norm: the CSV's when merging, else rank
     args = p.parse_args(argv)
     if args.summary:
         print(markdown(summarize(args.summary, args.top)))
@@ -72,6 +77,8 @@ def main(argv: list[str] | None = None) -> None:
                            replace=args.replace, normalizer=normalizer)
     if result is not None:
         print(f"{result['scored']} images scored in {out} (constants in {sidecar_path(out)})")
+        if result.get("renormalised"):
+            print(f"warning: {result['renormalised']}")
         if result["failed"]:
             print(f"{len(result['failed'])} could not be scored, left out of the CSV and of training (reasons in "
                   f"{sidecar_path(out)}): " + ", ".join(result["failed"]))

@@ -4,11 +4,16 @@ that ``--device`` names (:func:`iqp_plugin.inference.devices.resolve_device`).
 A wrapper comes from either
 
 * ``--config wrapper.yml``: a file with a ``network_g: {type: IQPWrapper, ...}`` block (as the training
-  configs) or a bare IQPWrapper option dict; an optional top-level ``plugin_checkpoint: FILE``; or
+  configs) or a bare IQPWrapper option dict; an optional top-level ``plugin_checkpoint: FILE``
+  (``--plugin`` and ``--host-checkpoint`` override the config's files); or
 * ``--host FILE [--plugin F]``: a host checkpoint alone, its architecture and options detected by spandrel
   (``host: auto``, see :mod:`iqp_plugin.archs.wrapper`); no YAML needed;
 * ``--host TYPE [--host-opt JSON] --host-checkpoint F [--plugin F]``; with ``--plugin`` alone the host
   is the one recorded in the plug-in checkpoint.
+
+A host without weights would restore with random ones: it is an error unless asked for by name, with
+``host_checkpoint: random`` (``--host-checkpoint random``). Weights holding NaN or infinite values (a diverged
+run), the host's or the plug-in's, are refused naming the file.
 
 A plug-in file is a training checkpoint (``net_g_*.pth``, :mod:`iqp_plugin.io.plugin_checkpoint`): its EMA
 weights are loaded when present; its ``plugin_opt`` builds the plug-in when the config has no ``plugin`` block. It
@@ -27,8 +32,12 @@ from iqp_plugin.archs.wrapper import IQPWrapper
 from iqp_plugin.errors import InvalidInputError
 from iqp_plugin.inference.devices import resolve_device
 from iqp_plugin.io import plugin_checkpoint
+from iqp_plugin.io.host_checkpoint import check_finite
 from iqp_plugin.io.options import read_yaml
-from iqp_plugin.io.registry import check_options
+from iqp_plugin.io.registry import check_host_options, check_options
+
+#: the ``host_checkpoint`` that asks for a host with random weights (tests, smoke runs)
+RANDOM_HOST = "random"
 
 
 def wrapper_options(config: str) -> tuple[dict, str | None]:
@@ -41,16 +50,25 @@ def wrapper_options(config: str) -> tuple[dict, str | None]:
         raise InvalidInputError(f"{config}: needs network_g: {{type: IQPWrapper, host: {{...}}}} or a bare IQPWrapper "
                          f"dict with a 'host' entry (got type {kind!r}); for a bare host use --host/--host-checkpoint")
     check_options(IQPWrapper, net, config)
+    check_host_options(net["host"], f"{config}: host")
     return net, plugin_file
 
 
 def load_wrapper(net: dict, plugin_file: str | None = None, device: str | torch.device = "cpu",
                  allow_host_mismatch: bool = False) -> IQPWrapper:
     """Build an IQPWrapper from its options, load the plug-in file (if any) and put it in eval mode; a missing
-    host checkpoint file is an error before anything is read, and so is a plug-in trained on other host weights
-    (a warning with ``allow_host_mismatch``)."""
+    host checkpoint file is an error before anything is read, and so are no host checkpoint at all (unless
+    it is :data:`RANDOM_HOST`) and a plug-in trained on other host weights (a warning with
+    ``allow_host_mismatch``)."""
     net = dict(net)
     host_file = net.get("host_checkpoint")
+    if host_file == RANDOM_HOST:
+        net["host_checkpoint"] = host_file = None
+    elif not host_file and net.get("host") != "auto":  # host: auto without a file has its own error
+        raise InvalidInputError("the host has no weights (no host_checkpoint), so it would restore with random "
+                                "ones: give host_checkpoint: FILE in the config or --host-checkpoint FILE "
+                                f"(host_checkpoint: {RANDOM_HOST} or --host-checkpoint {RANDOM_HOST} runs a random "
+                                "host on purpose)")
     if host_file and not os.path.isfile(host_file):
         raise FileNotFoundError(f"host checkpoint not found: {host_file}. Point host_checkpoint in the config, or "
                                 "--host / --host-checkpoint, at the host weights")
@@ -62,6 +80,7 @@ def load_wrapper(net: dict, plugin_file: str | None = None, device: str | torch.
     if plugin_file:
         ckpt = plugin_checkpoint.read(plugin_file)
         state = ckpt.weights
+        check_finite(state, plugin_file, "plug-in")
         if net.get("plugin") is None:
             net["plugin"] = ckpt.plugin_opt
         plugin_checkpoint.check_host_file(ckpt, host_file, plugin_file, allow_host_mismatch)
@@ -103,6 +122,8 @@ def load_from_args(args: argparse.Namespace) -> IQPWrapper:
         if args.host:
             raise InvalidInputError("give either --config or --host, not both")
         net, plugin_file = wrapper_options(args.config)
+        if args.host_checkpoint:  # as --plugin, the command line overrides the config
+            net["host_checkpoint"] = args.host_checkpoint
         return load_wrapper(net, args.plugin or plugin_file, device, allow)
     if args.host and (os.path.isfile(args.host) or not args.host.isidentifier()):  # a file, not an arch type
         if args.host_opt:
@@ -117,6 +138,7 @@ def load_from_args(args: argparse.Namespace) -> IQPWrapper:
             raise InvalidInputError(f"--host-opt is not valid JSON: {err}") from err
         if not isinstance(host_opt, dict):
             raise InvalidInputError("--host-opt must be a JSON object")
+        check_host_options({**host_opt, "type": args.host}, "--host-opt")
         net = {"host": {**host_opt, "type": args.host}, "host_checkpoint": args.host_checkpoint}
     elif args.plugin:
         host = plugin_checkpoint.read(args.plugin).host

@@ -14,16 +14,43 @@ from iqp_plugin.errors import InvalidInputError
 from iqp_plugin.inference import AUTO_TILE_ABOVE, TILE_OVERLAP
 
 
-def check_tile_args(args: argparse.Namespace) -> None:
-    """ValueError for tiling options that cannot work (before any model is loaded)."""
+def check_tile_args(args: argparse.Namespace, wrapper: IQPWrapper | None = None) -> None:
+    """InvalidInputError for tiling options that cannot work: once before any model loads, and again with the
+    ``wrapper`` that will be tiled, before any image, where the tile side is the one :func:`tile_side` gives."""
     if args.tile is not None and args.tile < 0:
         raise InvalidInputError(f"--tile must be >= 0 (0: whole images), got {args.tile}")
     if args.tile_above < 1:
         raise InvalidInputError(f"--tile-above must be a positive pixel count, got {args.tile_above}")
-    side = args.tile if args.tile is not None else math.isqrt(args.tile_above)
-    if side and not 0 <= args.tile_overlap < side:
-        what = "--tile" if args.tile is not None else "the side of the tiles --tile-above gives"
-        raise InvalidInputError(f"--tile-overlap must be in [0, {what}) = [0, {side}), got {args.tile_overlap}")
+    if wrapper is not None and wrapper.adapter.input_size:
+        if args.tile:
+            raise InvalidInputError(f"--tile does not apply to {type(wrapper.host).__name__}, "
+                                    "which takes whole aligned faces")
+        return
+    side = args.tile if args.tile is not None else auto_tile_side(args.tile_above, tile_multiple(wrapper))
+    check_overlap(side, args.tile_overlap, given=args.tile is not None)
+
+
+def check_overlap(side: int, overlap: int, given: bool = True) -> None:
+    """InvalidInputError unless ``overlap`` fits tiles of ``side`` (0: untiled); ``given``: the side is --tile's,
+    else the one --tile-above gives."""
+    if side and not 0 <= overlap < side:
+        what = "--tile" if given else "the side of the tiles --tile-above gives"
+        raise InvalidInputError(f"--tile-overlap must be in [0, {what}) = [0, {side}), got {overlap}")
+
+
+def tile_multiple(wrapper: IQPWrapper | None) -> int:
+    """The multiple that automatic tile sides keep: the host's size multiple and the plug-in's patch (1 without
+    a wrapper)."""
+    if wrapper is None:
+        return 1
+    patch = wrapper.plugin.cfg["patch"] if wrapper.plugin is not None else None
+    return math.lcm(wrapper.adapter.size_multiple, patch or 1)
+
+
+def auto_tile_side(above: int, multiple: int = 1) -> int:
+    """The side of the tiles for inputs over ``above`` pixels: the largest multiple of ``multiple`` whose square is
+    at most ``above`` pixels, at least one ``multiple``."""
+    return max(multiple, math.isqrt(above) // multiple * multiple)
 
 
 def tile_side(wrapper: IQPWrapper, height: int, width: int, tile: int | None = None,
@@ -31,9 +58,8 @@ def tile_side(wrapper: IQPWrapper, height: int, width: int, tile: int | None = N
     """The tile side for a ``height`` x ``width`` input, 0 for the whole image.
 
     ``tile`` given: that (0: whole). Otherwise inputs of at most ``above`` pixels are whole, larger ones get
-    the largest side whose square is at most ``above`` pixels and a multiple of the host's size multiple and
-    the plug-in's patch (so that tiles need no padding inside), at least one multiple. Hosts that take one
-    fixed size (faces) are never tiled.
+    :func:`auto_tile_side` with the :func:`tile_multiple` of the wrapper (so that tiles need no padding inside).
+    Hosts that take one fixed size (faces) are never tiled.
     """
     if wrapper.adapter.input_size:
         if tile:
@@ -44,9 +70,7 @@ def tile_side(wrapper: IQPWrapper, height: int, width: int, tile: int | None = N
         return tile
     if height * width <= above:
         return 0
-    patch = wrapper.plugin.cfg["patch"] if wrapper.plugin is not None else None
-    multiple = math.lcm(wrapper.adapter.size_multiple, patch or 1)
-    return max(multiple, math.isqrt(above) // multiple * multiple)
+    return auto_tile_side(above, tile_multiple(wrapper))
 
 
 def tiled(fn, x: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
@@ -60,8 +84,7 @@ def tiled(fn, x: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
     """
     h, w = x.shape[-2:]
     th, tw = min(tile, h), min(tile, w)
-    if overlap < 0 or overlap >= tile:
-        raise InvalidInputError(f"--tile-overlap must be in [0, tile) = [0, {tile}), got {overlap}")
+    check_overlap(tile, overlap)
 
     def starts(size: int, t: int) -> list[int]:  # one crop when the side fits in a tile
         return [0] if size <= t else sorted({*range(0, size - t, t - overlap), size - t})

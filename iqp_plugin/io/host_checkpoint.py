@@ -1,10 +1,11 @@
 """Safe loading of third-party host checkpoints, whatever their container.
 
 Accepted: BasicSR ``params_ema`` / ``params``, ``state_dict`` (Lightning, with the ``vqvae.`` prefix of
-RestoreFormer's official files), ``model``, a bare state dict, and ``.safetensors``. Pickles are read
-with ``torch.load(weights_only=True)`` and a short allow-list, so no pickled code ever runs (:func:`safe_load`,
-also used for plug-in files and training states); a file that holds other objects is refused in one line as
-not a safe checkpoint.
+RestoreFormer's official files), ``model``, ``net_g``, ``g_ema`` (StyleGAN-style EMA generators), a bare state
+dict, and ``.safetensors``. Pickles are read with ``torch.load(weights_only=True)`` and a short allow-list, so
+no pickled code ever runs (:func:`safe_load`, also used for plug-in files and training states); a file that holds
+other objects is refused in one line as not a safe checkpoint. Weights that hold NaN or infinite values (a
+diverged run) are refused naming the file (:func:`check_finite`).
 
 :func:`describe_host` hands the weights to spandrel, which detects the architecture and its hyper-parameters
 (``host: auto``); :func:`identify` names the architecture in load errors.
@@ -24,15 +25,13 @@ from torch import nn
 from iqp_plugin.errors import CheckpointError
 
 #: Container keys tried in this order (BasicSR saves the EMA weights as ``params_ema``: prefer them).
-CONTAINER_KEYS = ("params_ema", "params", "state_dict", "model", "net_g")
+CONTAINER_KEYS = ("params_ema", "params", "state_dict", "model", "net_g", "g_ema")
 #: Prefixes stripped from every key when all weight keys carry them.
 PREFIXES = ("vqvae.", "module.")
 #: Harmless classes found in common checkpoints (``args`` of Namespace type), allowed when unpickling.
 SAFE_GLOBALS = [argparse.Namespace]
 #: What ``torch.load`` raises on a file it cannot read (cut short, foreign, or holding more than weights).
 LOAD_ERRORS = (RuntimeError, EOFError, OSError, KeyError, ValueError, pickle.UnpicklingError)
-
-
 
 
 def file_sha256(path: str) -> str:
@@ -82,11 +81,13 @@ def read_checkpoint(path: str) -> dict:
     return dict(obj)
 
 
-def extract_state_dict(ckpt: Mapping, key: str | None = None) -> dict[str, torch.Tensor]:
-    """Unwrap the weights from a checkpoint container and strip training-framework prefixes."""
+def extract_state_dict(ckpt: Mapping, key: str | None = None, path: str | None = None) -> dict[str, torch.Tensor]:
+    """Unwrap the weights from a checkpoint container and strip training-framework prefixes; errors name
+    ``path``, the file the checkpoint came from."""
+    name = path or "The checkpoint"
     if key is not None:
         if key not in ckpt:
-            raise CheckpointError(f"The checkpoint has no '{key}' entry; it has: {sorted(ckpt)[:20]}.")
+            raise CheckpointError(f"{name} has no '{key}' entry; it has: {sorted(ckpt)[:20]}.")
         ckpt = ckpt[key]
     else:
         for candidate in CONTAINER_KEYS:
@@ -95,12 +96,25 @@ def extract_state_dict(ckpt: Mapping, key: str | None = None) -> dict[str, torch
                 break
     state = {k: v for k, v in ckpt.items() if isinstance(v, torch.Tensor)}
     if not state:
-        raise CheckpointError(f"No weights found in the checkpoint (keys: {sorted(ckpt)[:20]}).")
+        raise CheckpointError(f"{name} holds no weights: no tensors at its top level (keys: {sorted(ckpt)[:20]}) nor "
+                              f"under {', '.join(CONTAINER_KEYS)}; re-save the host's state dict (a dict of "
+                              "tensors) with torch.save")
     for prefix in PREFIXES:
         if any(k.startswith(prefix) for k in state):
             # Lightning files keep other modules (discriminators, losses) next to the prefixed model.
             state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     return state
+
+
+def check_finite(state: Mapping[str, torch.Tensor], path: str, what: str = "host") -> None:
+    """CheckpointError, one line naming ``path``, when a tensor of ``state`` holds NaN or infinite values."""
+    bad = [k for k, v in state.items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{path}: the {what} weights hold NaN or infinite values ({len(bad)} of {len(state)} "
+                              f"tensors, e.g. {bad[0]}), as a diverged training run leaves them, and would give "
+                              "a blank or NaN output: use an earlier checkpoint of that run",
+                              "weights hold NaN or infinite values")
 
 
 def spandrel_architecture(state: Mapping[str, torch.Tensor]):
@@ -126,7 +140,8 @@ def describe_host(path: str):
     :func:`read_checkpoint`, any container :func:`extract_state_dict` knows), spandrel detects the architecture
     and rebuilds it with the hyper-parameters it reads from the tensor shapes, loading the weights strictly.
     CheckpointError, one line, when spandrel knows no such architecture or cannot rebuild the one it detects."""
-    state = extract_state_dict(read_checkpoint(path))
+    state = extract_state_dict(read_checkpoint(path), path=path)
+    check_finite(state, path)
     arch = spandrel_architecture(state)
     instead = "give the host's type and options instead of host: auto (host: {type: ..., ...})"
     if arch is None:
@@ -142,8 +157,9 @@ def describe_host(path: str):
 
 
 def load_weights(module: nn.Module, path: str, key: str | None = None) -> None:
-    """Load ``path`` into ``module`` strictly; a mismatch names the keys and shapes at fault."""
-    state = extract_state_dict(read_checkpoint(path), key)
+    """Load ``path`` into ``module`` strictly; a mismatch names the keys and shapes at fault, NaN or infinite
+    weights the file."""
+    state = extract_state_dict(read_checkpoint(path), key, path)
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -160,4 +176,5 @@ def load_weights(module: nn.Module, path: str, key: str | None = None) -> None:
             lines.append(f"  spandrel identifies this file as a '{arch}' checkpoint.")
         lines.append("  Check the host 'type' and its options (e.g. img_size, embed_dim, upscale) against the file.")
         raise CheckpointError("\n".join(lines))
+    check_finite(state, path)
     module.load_state_dict(state, strict=True)

@@ -50,9 +50,10 @@ from basicsr.utils import get_root_logger, tensor2img
 from basicsr.utils.registry import MODEL_REGISTRY
 from tqdm import tqdm
 
-from iqp_plugin.errors import InvalidInputError
+from iqp_plugin.errors import CheckpointError, InvalidInputError
 from iqp_plugin.io import plugin_checkpoint
 from iqp_plugin.io.plugin_checkpoint import PluginCheckpoint, host_record
+from iqp_plugin.models import training
 from iqp_plugin.prior.score_files import load_scores
 from iqp_plugin.report.metrics import full_reference
 
@@ -249,22 +250,37 @@ class IQPModel(BaseModel):
 
     # ---------------------------------------------------------------- checkpoints
     def save(self, epoch: int, current_iter: int) -> None:
-        """Write ``models/net_g_<iter>.pth`` with the plug-in only, atomically, plus the training state."""
+        """Write ``models/net_g_<iter>.pth`` with the plug-in only, atomically, then the training state; a file that
+        cannot be written stops the run (:func:`iqp_plugin.models.training.write_checkpoint`)."""
         if self.opt["rank"] == 0:
             label = "latest" if current_iter == -1 else current_iter
             path = os.path.join(self.opt["path"]["models"], f"net_g_{label}.pth")
-            plugin_opt = {"preset": self.plugin.cfg["preset"], **(self.opt["network_g"].get("plugin") or {})}
-            plugin_checkpoint.write(path, PluginCheckpoint(
+            ckpt = PluginCheckpoint(
                 params=self.plugin.state_dict(), params_ema=self.plugin_ema.state_dict(), stage=self.stage,
-                plugin_opt=plugin_opt, host=host_record(self.opt["network_g"]["host"], self.net_g.host_checkpoint)))
+                plugin_opt=self._plugin_options(),
+                host=host_record(self.opt["network_g"]["host"], self.net_g.host_checkpoint))
+            training.write_checkpoint(lambda: plugin_checkpoint.write(path, ckpt), path)
         self.save_training_state(epoch, current_iter)
 
+    def _plugin_options(self) -> dict:
+        return {"preset": self.plugin.cfg["preset"], **(self.opt["network_g"].get("plugin") or {})}
+
     def load_plugin(self, path: str, param_key: str = "params") -> None:
-        """Load a plug-in checkpoint written by :meth:`save` (``params`` or ``params_ema``)."""
+        """Load a plug-in checkpoint written by :meth:`save` (``params`` or ``params_ema``); one that does not fit the
+        plug-in raises :class:`CheckpointError` naming the file and the options that changed."""
         ckpt = plugin_checkpoint.read(path)
         weights = ckpt.params_ema if param_key == "params_ema" and ckpt.params_ema else ckpt.params
-        self.plugin.load_state_dict(weights, strict=True)
-        self.plugin_ema.load_state_dict(ckpt.params_ema or weights, strict=True)
+        try:
+            self.plugin.load_state_dict(weights, strict=True)
+            self.plugin_ema.load_state_dict(ckpt.params_ema or weights, strict=True)
+        except RuntimeError as err:
+            diff = training.state_mismatch(self.plugin.state_dict(), weights)
+            now = self._plugin_options()
+            changed = [k for k in sorted(set(ckpt.plugin_opt) | set(now)) if ckpt.plugin_opt.get(k) != now.get(k)]
+            saved = ", ".join(f"{k}: {ckpt.plugin_opt.get(k, 'default')!r} (now {now.get(k, 'default')!r})"
+                              for k in changed)
+            raise CheckpointError(f"{path} does not fit network_g:plugin: {diff}" + (f"; it was saved with {saved}"
+                                  if saved else "") + f". {training.mismatch_fix(self.opt)}.", reason=diff) from err
         get_root_logger().info(f"Loaded plug-in [{param_key}] from {path} (stage {ckpt.stage}).")
 
     # ---------------------------------------------------------------- validation

@@ -20,7 +20,7 @@ import importlib.util
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -108,8 +108,8 @@ def create_prior(metrics: str | Sequence[str] | Mapping[str, float] = DEFAULT_PR
         raise InvalidInputError(f"{len(weights)} weights for {len(metrics)} metrics {metrics}")
     if len(set(metrics)) != len(metrics):
         raise InvalidInputError(f"metric listed twice: {metrics}")
-    if min(weights) < 0 or sum(weights) <= 0:
-        raise InvalidInputError(f"weights must be >= 0 with a positive sum, got {weights}")
+    if not all(math.isfinite(w) for w in weights) or min(weights) < 0 or sum(weights) <= 0:
+        raise InvalidInputError(f"weights must be finite numbers >= 0 with a positive sum, got {weights}")
     valid = nr_metrics()
     for name in metrics:
         if name not in valid:
@@ -147,6 +147,8 @@ class Normalizer:
     mode: str = "minmax"
     #: 'rank' only: per metric, the raw values at the quantiles 0, 1/K, ..., 1 of the scored images
     quantiles: dict[str, list[float]] | None = None
+    #: the sidecar it was read from, if any
+    source: str | None = field(default=None, compare=False)
 
     @classmethod
     def fit(cls, prior: Prior, raw: Mapping[str, Sequence[float]], mode: str = "minmax") -> Normalizer:
@@ -195,6 +197,72 @@ class Normalizer:
 
     @classmethod
     def load(cls, path: str | Path) -> Normalizer:
-        d = json.loads(Path(path).read_text())
-        prior = Prior(tuple(d["metrics"]), tuple(d["weights"]))
-        return cls(prior, {m: tuple(r) for m, r in d["ranges"].items()}, d["norm"], d.get("quantiles"))
+        """The normalizer of a sidecar; InvalidInputError naming the file and the field that cannot be used."""
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            d = None
+        if not isinstance(d, dict):
+            raise InvalidInputError(f"{path} is not a JSON object: pass the .json sidecar that `iqp score` wrote")
+        return cls.from_dict(d, path)
+
+    @classmethod
+    def from_dict(cls, d: Mapping, source: str | Path) -> Normalizer:
+        """The normalizer that :meth:`to_dict` gave, checked field by field: a sidecar edited or damaged by hand
+        must fail here, naming ``source`` and the field, not give NaN, constant or out-of-range scores."""
+
+        def bad(key: str, problem: str) -> InvalidInputError:
+            return InvalidInputError(f"{source}: {key} {problem}; correct it, or score that set again "
+                                     "(iqp score --replace) to write a new sidecar")
+
+        def numbers(value, key: str, size: int | None = None) -> list[float]:
+            ok = isinstance(value, list) and all(isinstance(v, int | float) and not isinstance(v, bool)
+                                                 for v in value)
+            if not ok or (size is not None and len(value) != size):
+                what = f"a list of {size} number{'s' * (size != 1)}" if size else "a list of numbers"
+                raise bad(key, f"is {json.dumps(value)}, not {what}")
+            if not all(math.isfinite(v) for v in value):
+                raise bad(key, f"is {json.dumps(value)}: not finite")
+            return [float(v) for v in value]
+
+        metrics = d.get("metrics")
+        if not (isinstance(metrics, list) and metrics and all(isinstance(m, str) for m in metrics)):
+            raise bad("'metrics'", f"is {json.dumps(metrics)}, not a list of metric names")
+        weights = numbers(d.get("weights"), "'weights'", len(metrics))
+        try:
+            prior = create_prior(metrics, weights)
+        except InvalidInputError as err:
+            raise bad("'metrics'/'weights'", f"cannot be used ({err})") from None
+        if math.isclose(sum(weights), 1.0, rel_tol=1e-9):  # as written: equal to the normalizer that wrote them
+            prior = Prior(prior.metrics, tuple(weights))
+        lower = d.get("lower_better", list(prior.lower_better))
+        if lower != list(prior.lower_better):
+            raise bad("'lower_better'", f"is {json.dumps(lower)}, but pyiqa gives {json.dumps(prior.lower_better)} "
+                      f"for {', '.join(metrics)}")
+        mode = d.get("norm")
+        if mode not in NORMALISATIONS:
+            raise bad("'norm'", f"is {json.dumps(mode)}, not one of {', '.join(NORMALISATIONS)}")
+        table = d.get("ranges")
+        if not isinstance(table, dict) or set(metrics) - set(table):
+            raise bad("'ranges'", f"must give [low, high] for each of {', '.join(metrics)}, got {json.dumps(table)}")
+        ranges = {}
+        for m in metrics:
+            lo, hi = numbers(table[m], f"'ranges' of {m}", 2)
+            if not lo < hi:
+                raise bad(f"'ranges' of {m}", f"is [{lo}, {hi}]: "
+                          + ("inverted" if lo > hi else "empty, every image would score 0.5"))
+            ranges[m] = (lo, hi)
+        quantiles = None
+        if mode == "rank":
+            table = d.get("quantiles")
+            if not isinstance(table, dict) or set(metrics) - set(table):
+                raise bad("'quantiles'", f"must list the raw values at {RANK_KNOTS + 1} quantiles for each of "
+                          f"{', '.join(metrics)} (norm 'rank')")
+            quantiles = {}
+            for m in metrics:
+                knots = numbers(table[m], f"'quantiles' of {m}")
+                if len(knots) < 2 or any(b < a for a, b in zip(knots, knots[1:], strict=False)):
+                    raise bad(f"'quantiles' of {m}", "must be at least 2 values in increasing order")
+                quantiles[m] = knots
+        return cls(prior, ranges, mode, quantiles, str(source))

@@ -26,8 +26,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from iqp_plugin.errors import InvalidInputError
-
 BLOCK = 96
 #: pyiqa's RGB -> YIQ matrix (only Y is used).
 _YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.5959, -0.2746, -0.3213], [0.2115, -0.5227, 0.3112]]).t()
@@ -181,7 +179,7 @@ def y_channel(x: torch.Tensor) -> torch.Tensor:
     elif x.shape[1] == 1:
         y = x[:, 0] * 255
     else:
-        raise InvalidInputError(f"NIQE takes (B, 3, H, W) RGB or (B, 1, H, W) gray images, got shape {tuple(x.shape)}")
+        raise ValueError(f"NIQE takes (B, 3, H, W) RGB or (B, 1, H, W) gray images, got shape {tuple(x.shape)}")
     return y - y.detach() + y.round()
 
 
@@ -189,10 +187,10 @@ def niqe(x: torch.Tensor, mu_pris: torch.Tensor, cov_pris: torch.Tensor, differe
     """NIQE of (B, 3, H, W) RGB (or (B, 1, H, W) gray) in [0, 1] against a pristine model; (B,) float64.
     ``differentiable``: interpolated AGGD shapes (see the module docstring), for a loss."""
     if x.ndim != 4:
-        raise InvalidInputError(f"NIQE takes a batch (B, C, H, W), got shape {tuple(x.shape)}")
+        raise ValueError(f"NIQE takes a batch (B, C, H, W), got shape {tuple(x.shape)}")
     h, w = x.shape[-2:]
     if h < BLOCK or w < BLOCK:
-        raise InvalidInputError(f"NIQE needs images of at least {BLOCK}x{BLOCK} pixels, got {h}x{w}")
+        raise ValueError(f"NIQE needs images of at least {BLOCK}x{BLOCK} pixels, got {h}x{w}")
     img = y_channel(x[..., :h // BLOCK * BLOCK, :w // BLOCK * BLOCK]).double()  # pyiqa crops after y_channel
     stats1 = _block_stats(_normalize(img), BLOCK)
     stats2 = _block_stats(_normalize(_half(img)), BLOCK // 2)
@@ -203,7 +201,7 @@ def niqe(x: torch.Tensor, mu_pris: torch.Tensor, cov_pris: torch.Tensor, differe
     n = valid.sum(1, dtype=torch.float64)
     if (n == 0).any():
         bad = (n == 0).flatten().nonzero().flatten().tolist()
-        raise InvalidInputError(f"NIQE is undefined for images {bad} of the batch: every {BLOCK}x{BLOCK} block has "
+        raise ValueError(f"NIQE is undefined for images {bad} of the batch: every {BLOCK}x{BLOCK} block has "
                          "a feature that is NaN (a flat image)")
     centred = torch.where(valid, feats - torch.where(valid, feats, 0).sum(1, keepdim=True) / n.unsqueeze(1), 0)
     cov = centred.transpose(1, 2) @ centred / (n - (n > 1).double()).unsqueeze(-1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -37,12 +38,15 @@ def read_sidecar(path: str | Path) -> dict:
 
 
 def number(text: str, path: str | Path, line: int, name: str, column: str) -> float:
-    """``text`` as a float; ValueError naming the file, line, image and column when it is not a number."""
+    """``text`` as a float; ValueError naming the file, line, image and column when it is not a finite number."""
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
         raise InvalidInputError(f"{path} line {line} ({name}): {column} {text!r} is not a number; correct or delete "
-                         "that row, or score the folder again (--replace)") from None
+                                "that row, or score the folder again (--replace)")
+    return value
 
 
 def check_scores(scores: float | Iterable[float] | Mapping[str, float], what: str) -> None:
@@ -86,4 +90,7 @@ def load_normalizer(sidecar: str | Path) -> Normalizer:
         raise FileNotFoundError(f"--normalizer {sidecar}: no such file; pass the .json sidecar that `iqp score` "
                                 "wrote beside the training set's CSV")
     read_sidecar(sidecar)  # ValueError when it is not one
-    return Normalizer.load(sidecar)
+    try:
+        return Normalizer.load(sidecar)
+    except InvalidInputError as err:
+        raise InvalidInputError(f"--normalizer {err}") from None

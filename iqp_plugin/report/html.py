@@ -120,10 +120,11 @@ def _sweep_table(table: list[list]) -> str:
 
 def write_html(out: Path, cards: list[tuple[str, str, bool, dict | None]], rows: list[dict], metrics: list[str],
                images: list[dict], sweep: list[list], lower: dict[str, bool], seconds: float,
-               title: str = "Host alone vs host + IQP") -> None:
+               title: str = "Host alone vs host + IQP", skipped: list[str] = ()) -> None:
     """``index.html`` from the verdict cards (metric, kind, lower is better, :func:`~iqp_plugin.report.metrics.paired`
     result), the per-image rows (the mean first), what :func:`~iqp_plugin.report.pictures.detail_crops` returned
-    per image (plus its row, note, grid and anchor) and the sweep table."""
+    per image (plus its row, note, grid and anchor) and the sweep table; ``skipped`` names the inputs left out
+    (unreadable), shown under the title."""
     esc = html.escape
     counts = {w: sum(1 for *_, v in cards if v and v["verdict"] == w) for w in ("better", "worse", "same")}
     scored = sum(counts.values())
@@ -132,6 +133,8 @@ def write_html(out: Path, cards: list[tuple[str, str, bool, dict | None]], rows:
     first_metric = cards[0][0] if cards else None
     nav = "".join(f"<a href='#{esc(img['anchor'])}'>{esc(img['name'])}</a>" for img in images)
     sections = "".join(_image_section(img, metrics, lower, first_metric) for img in images)
+    left_out = (f"<p class=\"overall bad\">{len(skipped)} unreadable input{'s' if len(skipped) != 1 else ''} left "
+                f"out: {esc(', '.join(skipped))}</p>\n" if skipped else "")
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1"><title>IQP compare: {esc(title)}</title>
 <style>
@@ -142,7 +145,7 @@ images, host alone &rarr;
 host + IQP, and the mean paired difference &plusmn; its standard error; the verdict is 'same' within two standard \
 errors. Files: <a href="metrics.csv">metrics.csv</a>,
 <a href="metrics.md">metrics.md</a>, <a href="sweep.csv">sweep.csv</a>.</p>
-<p class="overall">{overall}.</p>
+{left_out}<p class="overall">{overall}.</p>
 <div class="cards">{''.join(_card(*c) for c in cards)}</div>
 <div class="plot"><h2>Metrics vs conditioning score</h2>\
 <img src="sweep.png" alt="mean metrics vs the conditioning score"></div>
