@@ -68,3 +68,12 @@ def save_model_files(folder: Path, wrapper, host_opt: dict, plugin_opt: dict, co
                                       "plugin_checkpoint": str(plugin_file)}))
     return config, host_file, plugin_file
 
+
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch):
+    """pyiqa's weight folder in tmp_path (this process and subprocesses): never the real cache."""
+    from pyiqa.utils import download_util
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(download_util, "DEFAULT_CACHE_DIR", str(tmp_path / "torch" / "hub" / "pyiqa"))
+    return tmp_path / "torch" / "hub" / "pyiqa"

@@ -14,15 +14,7 @@ from iqp_plugin.prior import offline as om
 from iqp_plugin.prior.loss import QualityLoss
 from iqp_plugin.prior.metrics import Normalizer, create_prior
 
-
-@pytest.fixture(autouse=True)
-def offline_cache(tmp_path, monkeypatch):
-    """pyiqa's weight folder in tmp_path (this process and subprocesses): never the real cache."""
-    from pyiqa.utils import download_util
-
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(download_util, "DEFAULT_CACHE_DIR", str(tmp_path / "torch" / "hub" / "pyiqa"))
-    return tmp_path / "torch" / "hub" / "pyiqa"
+pytestmark = pytest.mark.usefixtures("offline_cache")
 
 
 def astronaut(size=192, dtype=torch.float32):

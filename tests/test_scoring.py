@@ -18,19 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import iqp_plugin  # noqa: F401  (first: basicsr import fix)
 from iqp_plugin.cli.score import main as score_main
 from iqp_plugin.prior import score_files, scoring
 from iqp_plugin.prior.metrics import Normalizer, Prior, create_prior
 
-
-@pytest.fixture(autouse=True)
-def offline_cache(tmp_path, monkeypatch):
-    """pyiqa's weight folder in tmp_path (this process and subprocesses): never the real cache."""
-    from pyiqa.utils import download_util
-
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(download_util, "DEFAULT_CACHE_DIR", str(tmp_path / "torch" / "hub" / "pyiqa"))
+pytestmark = pytest.mark.usefixtures("offline_cache")
 
 
 @pytest.fixture
