@@ -10,30 +10,19 @@ import yaml
 from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR as OfficialSwinIR
 
 from iqp_plugin import IQPWrapper
-from iqp_plugin.cli import run
-from iqp_plugin.cli.restore import main as restore_main
 from iqp_plugin.errors import CheckpointError, InvalidInputError
 from iqp_plugin.inference.loading import load_wrapper, wrapper_options
 from iqp_plugin.io import plugin_checkpoint
 from iqp_plugin.io.host_checkpoint import load_weights
 from iqp_plugin.io.registry import build_arch, check_option_types, constructor_options
 from tests.conftest import TINY_PLUGIN, TINY_SWINIR
+from tests.test_host_auto import restore
 from tests.test_restore import rand_img
 
 HOST_OPT = json.dumps({k: v for k, v in TINY_SWINIR.items() if k != "type"})
 #: a real-world (nearest+conv) SwinIR as the official code builds it, at a scale BasicSR's SwinIR cannot build
 REALWORLD = dict(img_size=16, embed_dim=24, depths=[2], num_heads=[2], window_size=4, mlp_ratio=2,
                  upsampler="nearest+conv", resi_connection="1conv")
-
-
-def restore(args: list[str], capsys) -> tuple[int, str]:
-    """``iqp restore`` through the CLI handler: (exit code, stderr)."""
-    try:
-        run(restore_main, [*args, "--device", "cpu"])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err
 
 
 @pytest.fixture
