@@ -104,8 +104,10 @@ def development(work: Path, manifest: dict, count: int = DEVELOPMENT) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name in list(manifest["contaminated"])[:count]:
         link = folder / name
+        if link.is_symlink() and not link.exists():  # a link of a work folder since moved
+            link.unlink()
         if not link.exists():
-            link.symlink_to((work / "data" / "train_pristine" / name).resolve())
+            link.symlink_to(Path("..") / "train_pristine" / name)  # relative: the work folder may move
     return folder
 
 

@@ -123,16 +123,18 @@ def checkpoint(work: Path, name: str, label: str = "latest") -> Path:
 
 
 def train(work: Path, config: str, device: torch.device, threads: int | None = None, configs: Path = CONFIGS,
-          **overrides) -> Path:
+          resume: bool = False, **overrides) -> Path:
     """Train ``configs``/<config>.yml (default benchmarks/configs/quality) in WORK with ``--force_yml`` overrides
     ({'a:b': value}, 'name' first) and ``threads`` OpenMP threads; skipped when its ``net_g_latest.pth``
-    exists. Returns that file."""
+    exists; ``resume``: an interrupted training goes on from its newest saved state (``--auto_resume``) instead of
+    starting again. Returns that file."""
     overrides = {"num_gpu": int(device.type == "cuda"), **overrides}
     name = overrides.get("name", read_options(str(configs / f"{config}.yml"))["name"])
     ckpt = checkpoint(work, name)
     if not ckpt.exists():
         forced = [f"{k}=!!float {v}" if isinstance(v, float) else f"{k}={v}" for k, v in overrides.items()]
-        run(["-m", "iqp_plugin.train", "-opt", str(configs / f"{config}.yml"), "--force_yml", *forced],
+        run(["-m", "iqp_plugin.train", "-opt", str(configs / f"{config}.yml"), *(["--auto_resume"] if resume else []),
+             "--force_yml", *forced],
             work, work / "logs" / f"{name}.log", threads)
     return ckpt
 

@@ -89,6 +89,14 @@ def test_prepare_is_reused_and_refuses_other_arguments(hq, tmp_path):
         beyond_gt_data.prepare(hq, work, train=10, heldout=4, fraction=0.5, size=64, level="light")
 
 
+def test_the_development_split_survives_a_moved_work_folder(hq, tmp_path):
+    manifest = beyond_gt_data.prepare(hq, tmp_path / "work", train=10, heldout=4, fraction=0.5, size=64)
+    beyond_gt_data.development(tmp_path / "work", manifest)
+    (tmp_path / "work").rename(tmp_path / "moved")
+    links = sorted(beyond_gt_data.development(tmp_path / "moved", manifest).iterdir())
+    assert links and all(p.resolve() == (tmp_path / "moved" / "data" / "train_pristine" / p.name) for p in links)
+
+
 def test_each_setup_has_its_own_work_folder(tmp_path):
     dirs = {beyond_gt.work_dir(tmp_path, "small", lq, c) for lq in beyond_gt.LQ_FROM for c in (0.5, 0.25)}
     assert len(dirs) == 4 and tmp_path / "work_small" in dirs  # the default setup keeps its folder
