@@ -52,9 +52,10 @@ def curve_job(prefix: str, iters: int, every: int, lq_from: str) -> tuple[str, d
 
 
 def saved_iterations(work: Path, name: str, iters: int, every: int) -> list[int]:
-    """The iterations at which training ``name`` saved its network (net_g_<iter>.pth; the last one is latest)."""
-    return [i for i in range(every, iters + 1, every)
-            if checkpoint(work, name, "latest" if i == iters else str(i)).exists()]
+    """The iterations at which training ``name`` saved its network: net_g_<iter>.pth every ``every`` iterations
+    before the end, and net_g_latest.pth at ``iters``."""
+    saved = [i for i in range(every, iters, every) if checkpoint(work, name, str(i)).exists()]
+    return saved + ([iters] if checkpoint(work, name).exists() else [])
 
 
 def evaluate(work: Path, prefix: str, name: str, points: list[int], iters: int, device: torch.device) -> list[dict]:
@@ -164,8 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
             "contamination_level": args.contamination, "lq_from": args.lq_from, "device": str(device),
             "split": SPLIT, "n_images": len(beyond_gt_data.list_images(work / "data" / SPLIT)),
             "trained_to": points[-1], "steps_s": seconds, "wall_s": round(time.perf_counter() - start, 1),
-            "figure": "host_curve.png",
-            "work": work.name, "data": Path(args.data).name}
+            "figure": "host_curve.png", "work": work.name, "data": Path(args.data).name}
     out.mkdir(parents=True, exist_ok=True)
     save_figure(out / meta["figure"], rows, args.host)
     data = {"meta": meta, "rows": rows}

@@ -45,6 +45,16 @@ def test_a_stopped_curve_goes_on_from_its_newest_state_and_saved_evaluates_what_
     assert "Resuming training from epoch" in log and (models / "net_g_latest.pth").exists()
 
 
+def test_the_end_of_a_training_counts_when_every_does_not_divide_it(tmp_path):
+    models = tmp_path / "experiments" / "h" / "models"
+    models.mkdir(parents=True)
+    for label in ("3", "6", "latest"):
+        (models / f"net_g_{label}.pth").touch()
+    assert host_curve.saved_iterations(tmp_path, "h", 7, 3) == [3, 6, 7]
+    (models / "net_g_latest.pth").unlink()  # stopped before the end
+    assert host_curve.saved_iterations(tmp_path, "h", 7, 3) == [3, 6]
+
+
 def test_every_longer_than_the_training_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="--every must lie in"):
         host_curve.main(["--data", str(tmp_path), "--iters", "4", "--every", "5"])
