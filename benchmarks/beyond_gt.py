@@ -27,8 +27,7 @@ The paper's claim as a controlled experiment with a pristine reference that trai
              rate, from the one definition a user's ``plugin: {}`` gets) around the frozen host. Ablations
              (``--ablations``): stage 3 in 'continuous' mode, and with ``W_o`` trained by the NIQE loss too
              (``quality_trains: plugin``); the HQ branch off and the plug-in without its quality stage need no
-             training and are always evaluated. ``--both``: the three stages once more, around the filtering host
-             (filter the data, then the prior).
+             training and are always evaluated.
 6. evaluate  on the held-out images, degraded once with the host's training degradations (seed 0): PSNR and
              SSIM against the pristine image, NIQE, PIQE and the sharpness ratio (high-frequency energy of the
              output over that of the pristine image); host + IQP at every score of ``SCORES``. Verdicts from
@@ -100,16 +99,9 @@ CONTROLS = ("host", "oracle_start", "oracle", "further", "filtered")
 PLUGIN = ("codebook", "predictor", "quality", "top_codebook", "top_predictor", "top_quality")
 #: the trainings of :func:`trainings` that ``--no-ablations`` keeps
 CORE = (*CONTROLS, *PLUGIN)
-#: the ablations' trainings (``--ablations``)
-ABLATIONS = ("continuous", "injection")
-#: ``--both``: IQP's three stages around the filtering host instead of the host (filter the data, then the prior),
-#: and its control, the filtering host fine-tuned as long again
-BOTH_STAGES = ("both_codebook", "both_predictor", "both_quality", "filtered_longer")
 #: the systems' names in the tables
 FURTHER, HOST_FILTERING, ORACLE = "host trained further", "host on top-scored GT", "oracle (pristine GT)"
 PLUGIN_FILTERING = "plug-in on top-scored GT"
-BOTH = "host on top-scored GT + IQP"
-FILTERED_LONGER = "host on top-scored GT, as long as + IQP"
 #: the scores CSV of each normalisation (``iqp score --norm``), relative to the work folder; min-max's is always
 #: made (the AUC and the filtering baselines' top set, which is the same under both)
 SCORE_CSVS = {"minmax": "data/train_scores.csv", "rank": "data/train_scores_rank.csv"}
@@ -158,9 +150,6 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=True,
                    help="also train and evaluate the stage-3 ablations (continuous codes; W_o trained by the NIQE "
                         "loss); --no-ablations: the host, the controls and the recipe's plug-in only")
-    p.add_argument("--both", action="store_true",
-                   help="also train IQP around the filtering host (filter the data, then the prior): the plug-in's "
-                        "three stages once more")
     p.add_argument("--split", choices=("heldout", "development"), default="heldout",
                    help="evaluate on the held-out images (default), or on the development split (the pristine copies "
                         f"of the first {beyond_gt_data.DEVELOPMENT} contaminated training images) to choose between "
@@ -192,11 +181,10 @@ def work_dir(out: Path, budget: str, lq_from: str, contaminate: float, level: st
 def control_names(prefix: str, iters: dict) -> dict[str, str]:
     """The control trainings' names. The oracle, the host trained further and the filtering host continue for as
     many iterations as the plug-in's three stages (``_i<N>``); ``oracle_start`` is the oracle's first part,
-    trained as the host is; ``filtered_longer`` (``--both``) continues the filtering host as long again."""
+    trained as the host is."""
     extra = sum(iters[s] for s in STAGES)
     return {"host": f"bgt_{prefix}_host", "oracle_start": f"bgt_{prefix}_oracle",
-            **{k: f"bgt_{prefix}_{k}_i{extra}" for k in ("oracle", "further", "filtered")},
-            "filtered_longer": f"bgt_{prefix}_filtered_i{2 * extra}"}
+            **{k: f"bgt_{prefix}_{k}_i{extra}" for k in ("oracle", "further", "filtered")}}
 
 
 def plugin_base(prefix: str, recipe: str) -> str:
@@ -246,9 +234,7 @@ def train(work: Path, config: str, device: torch.device, threads: int | None = N
 NEEDS = {"host": (), "oracle_start": (), "oracle": ("oracle_start",), "further": ("host",), "filtered": ("host",),
          "codebook": ("host",), "predictor": ("codebook",), "quality": ("predictor",),
          "top_codebook": ("host",), "top_predictor": ("top_codebook",), "top_quality": ("top_predictor",),
-         "continuous": ("predictor",), "injection": ("predictor",),
-         "both_codebook": ("filtered",), "both_predictor": ("both_codebook",), "both_quality": ("both_predictor",),
-         "filtered_longer": ("filtered",)}
+         "continuous": ("predictor",), "injection": ("predictor",)}
 
 
 def train_all(work: Path, jobs: dict[tuple[str, str], tuple[str, dict]], device: torch.device,
@@ -292,13 +278,12 @@ def train_all(work: Path, jobs: dict[tuple[str, str], tuple[str, dict]], device:
 
 
 def trainings(prefix: str, iters: dict, lq_from: str = "target", ablations: bool = True,
-              recipe: str = "pixel", both: bool = False) -> dict[str, tuple[str, dict]]:
+              recipe: str = "pixel") -> dict[str, tuple[str, dict]]:
     """Every training of one host family, in order: system key -> (config, --force_yml overrides).
 
     ``lq_from``: a key of :data:`LQ_FROM` (the oracle's targets are pristine, so its inputs are the same either
     way); ``ablations`` False keeps the :data:`CORE` trainings only; ``recipe``: a key of
-    :data:`iqp_plugin.archs.recipes.RECIPES`; ``both`` adds :data:`BOTH_STAGES`. The filtering baselines train on
-    WORK/data/train_top."""
+    :data:`iqp_plugin.archs.recipes.RECIPES`. The filtering baselines train on WORK/data/train_top."""
     r = RECIPES[recipe]
     host = read_options(str(CONFIGS / f"{prefix}_host.yml"))
     extra = sum(iters[s] for s in STAGES)
@@ -327,17 +312,12 @@ def trainings(prefix: str, iters: dict, lq_from: str = "target", ablations: bool
     # at the plug-in's target score), the codebook stage takes the HQ set from the scores as IQP's does
     held = {s: {**{k: v for k, v in stage[s].items() if k not in copies}, **top, "datasets:train:score_csv": None}
             for s in STAGES[1:]}
-    # both: IQP's stages, options and data, around the filtering host
-    around = {s: {**stage[s], "network_g:host_checkpoint": f"experiments/{names['filtered']}/models/net_g_latest.pth"}
-              for s in STAGES}
     jobs = {
         "host": (f"{prefix}_host", {"name": names["host"], **host_iters}),
         "oracle_start": (f"{prefix}_host", {"name": names["oracle_start"], **pristine, **host_iters}),
         "oracle": (f"{prefix}_host", {"name": names["oracle"], **pristine, **after(names["oracle_start"]), **more}),
         "further": (f"{prefix}_host", {"name": names["further"], **after(names["host"]), **more}),
         "filtered": (f"{prefix}_host", {"name": names["filtered"], **top, **after(names["host"]), **more}),
-        "filtered_longer": (f"{prefix}_host", {"name": names["filtered_longer"], **top, **after(names["filtered"]),
-                                               **more}),
         "codebook": (f"{prefix}_codebook", {"name": f"{pbase}_codebook", **stage["codebook"]}),
         "predictor": (f"{prefix}_predictor", {"name": f"{pbase}_predictor", **after(f"{pbase}_codebook"),
                                               **stage["predictor"]}),
@@ -352,15 +332,11 @@ def trainings(prefix: str, iters: dict, lq_from: str = "target", ablations: bool
                                              **after(f"{pbase}_predictor"), **stage["quality"]}),
         "injection": (f"{prefix}_quality", {"name": f"{pbase}_injection", "train:quality_trains": "plugin",
                                             **after(f"{pbase}_predictor"), **stage["quality"]}),
-        **{f"both_{s}": (f"{prefix}_{s}", {"name": f"{pbase}_both_{s}", **around[s],
-                                           **(after(f"{pbase}_both_{STAGES[i - 1]}") if i else {})})
-           for i, s in enumerate(STAGES)},
     }
     source = LQ_FROM[lq_from]
     return {key: (config, {**opt, **({"datasets:train:dataroot_source": source}
                                      if source and not key.startswith("oracle") else {})})
-            for key, (config, opt) in jobs.items()
-            if key in CORE or (ablations and key in ABLATIONS) or (both and key in BOTH_STAGES)}
+            for key, (config, opt) in jobs.items() if ablations or key in CORE}
 
 
 # ---------------------------------------------------------------- evaluation
@@ -414,10 +390,9 @@ def wrapper_net(prefix: str, host_ckpt: Path, recipe: str | None) -> dict:
 
 
 def evaluate(work: Path, prefix: str, device: torch.device, iters: dict, ablations: bool = True,
-             recipe: str = "pixel", split: str = "heldout", both: bool = False) -> tuple[dict, dict]:
+             recipe: str = "pixel", split: str = "heldout") -> tuple[dict, dict]:
     """Per-image metrics of every system of one host family on ``split`` (``iters``: the budget's; ``ablations``
-    False: without the ablations; the plug-ins of ``recipe``; ``both``: with :data:`BOTH`), and its restored
-    images (for figures)."""
+    False: without the ablations; the plug-ins of ``recipe``), and its restored images (for figures)."""
     lq, gt = split_pairs(work, prefix, split)
     pbase = plugin_base(prefix, recipe)
     names = control_names(prefix, iters)
@@ -441,12 +416,6 @@ def evaluate(work: Path, prefix: str, device: torch.device, iters: dict, ablatio
         systems[f"host + IQP @{s}"] = lambda s=s: restored(iqp, lq, device, score=s)
     systems["IQP, HQ branch off"] = lambda: _hq_off(iqp, lq, device)
     systems["IQP, no quality stage"] = lambda: restored(plugin("predictor"), lq, device, TARGET)
-    if both:
-        around = wrapper_net(prefix, checkpoint(work, names["filtered"]), recipe)
-        systems[BOTH] = lambda: restored(load_wrapper(around, str(checkpoint(work, f"{pbase}_both_quality")), device),
-                                         lq, device, TARGET)
-        longer = wrapper_net(prefix, checkpoint(work, names["filtered_longer"]), None)
-        systems[FILTERED_LONGER] = lambda: restored(load_wrapper(longer, device=device), lq, device)
     if ablations:
         systems["IQP, continuous quality stage"] = lambda: restored(plugin("continuous"), lq, device, TARGET)
         systems["IQP, injection trained in stage 3"] = lambda: restored(plugin("injection"), lq, device, TARGET)
@@ -535,12 +504,7 @@ def targets(per_image: dict, results: dict) -> dict:
     }
     ablation = {name: {m: paired(per_image[a][m], per_image[b][m], METRICS[m][0], rtol=0.0) for m in METRICS}
                 for name, (a, b) in pairs.items() if a in per_image and b in per_image}
-    rows = {**target_rows(per_image, results), "4 ablations": ablation}
-    if BOTH in per_image:  # does the prior add to filtering, beyond training longer?
-        for base in (HOST_FILTERING, FILTERED_LONGER):
-            rows[f"5 both - {base}"] = {m: paired(per_image[BOTH][m], per_image[base][m], METRICS[m][0], rtol=0.0)
-                                        for m in METRICS}
-    return rows
+    return {**target_rows(per_image, results), "4 ablations": ablation}
 
 
 def target_rows(per_image: dict, results: dict) -> dict:
@@ -667,11 +631,7 @@ def report(meta: dict, prior: dict, families: dict) -> str:
              f"{it['codebook']} + {it['predictor']} + {it['quality']}; the host trained further, the filtering host "
              f"and the oracle +{meta['control_iters']} iterations (as many; the oracle on the pristine GT). "
              "Plug-in filtering: the recipe's plug-in trained the same way on the top-scored GT only, score held at "
-             f"{TARGET}. "
-             + (f"{BOTH}: the plug-in's three stages, as IQP's, around the filtering host (so it trains "
-                f"{meta['control_iters']} iterations more than the oracle); its control, {FILTERED_LONGER}: the "
-                "filtering host fine-tuned as long again on the top-scored GT. " if meta.get("both") else "")
-             + "Mean ± standard error over the images evaluated.",
+             f"{TARGET}. Mean ± standard error over the images evaluated.",
              "", "Prior AUC (pristine vs contaminated training GT): "
              + ", ".join(f"{k} {v:.3f}" for k, v in prior["auc"].items())
              + f"; the top {meta['top_percent']:g}% by score holds {100 * meta['top_contaminated_fraction']:.1f}% "
@@ -690,9 +650,6 @@ def report(meta: dict, prior: dict, families: dict) -> str:
                 for base, ms in tg["paired"].items()]
         rows += [[f"ablation: {name}"] + [f"{d['mean']:+.3f} ± {d['sem']:.3f} ({d['verdict']})" for d in ms.values()]
                  for name, ms in tg["4 ablations"].items()]
-        rows += [[f"({BOTH}) - ({name[len('5 both - '):]})"]
-                 + [f"{d['mean']:+.3f} ± {d['sem']:.3f} ({d['verdict']})" for d in ms.values()]
-                 for name, ms in tg.items() if name.startswith("5 both - ")]
         lines += [markdown_table(["minus", *METRICS], rows), ""]
     lines += [f"![sweep]({meta['sweep_plot']})", "", f"Wall time {meta['wall_s']:.0f} s; steps (s): "
               + ", ".join(f"{k} {v}" for k, v in meta["steps_s"].items()) + "."]
@@ -738,8 +695,7 @@ def main(argv: list[str] | None = None) -> dict:
         beyond_gt_data.external(args.eval, work, SIZE)
     suffix = "" if split == "heldout" else f"_{split}"
     jobs = {(family, key): job for family in families
-            for key, job in trainings(HOSTS[family], budget["iters"], args.lq_from, args.ablations, args.recipe,
-                                      args.both).items()
+            for key, job in trainings(HOSTS[family], budget["iters"], args.lq_from, args.ablations, args.recipe).items()
             if not args.precondition or key in PRECONDITION}
     times.update(train_all(work, jobs, device, args.jobs))
     top_contaminated = sum(n in manifest["contaminated"] for n in top) / max(1, len(top))
@@ -750,7 +706,7 @@ def main(argv: list[str] | None = None) -> dict:
         prefix = HOSTS[family]
         per_image, images = step(f"{family} evaluate",
                                  lambda p=prefix: evaluate(work, p, device, budget["iters"], args.ablations,
-                                                           args.recipe, split, args.both))
+                                                           args.recipe, split))
         results = {name: {m: summary(v) for m, v in values.items()} for name, values in per_image.items()}
         grid = f"grid_{family}{suffix}.png"
         out.mkdir(parents=True, exist_ok=True)
@@ -766,7 +722,6 @@ def main(argv: list[str] | None = None) -> dict:
             "contamination": manifest["contamination"], "contaminate": args.contaminate,
             "contamination_level": args.contamination, "lq_from": args.lq_from,
             "control_iters": sum(budget["iters"][s] for s in STAGES), "ablations": args.ablations,
-            "both": args.both,
             "scores": list(SCORES), "top_percent": budget["top_percent"], "top_threshold": threshold,
             "top_contaminated_fraction": top_contaminated,
             "metrics": {m: {"lower_better": lb, "what": w} for m, (lb, w) in METRICS.items()},

@@ -33,12 +33,9 @@ from benchmarks import beyond_gt  # noqa: E402
 from benchmarks.common import markdown_table, write_results  # noqa: E402
 
 FRACTIONS = (0.2, 0.35, 0.5, 0.75, 0.9)
-#: the systems drawn and tabled, in order (host + IQP at the target score; filtering and IQP together where a point
-#: was run with --both)
+#: the systems drawn and tabled, in order (host + IQP at the target score)
 SYSTEMS = ("host", beyond_gt.FURTHER, beyond_gt.HOST_FILTERING, beyond_gt.PLUGIN_FILTERING, beyond_gt.ORACLE,
-           f"host + IQP @{beyond_gt.TARGET}", beyond_gt.BOTH, beyond_gt.FILTERED_LONGER)
-#: the baselines of filtering and IQP together: column label -> system
-BOTH_VS = (("host filtering", beyond_gt.HOST_FILTERING), ("host filtering as long", beyond_gt.FILTERED_LONGER))
+           f"host + IQP @{beyond_gt.TARGET}")
 
 
 def point_dir(out: Path, fraction: float, lq_from: str) -> Path:
@@ -74,17 +71,15 @@ def setup_valid(precondition: dict) -> bool:
 
 def run_point(args: argparse.Namespace, fraction: float, lq_from: str, source: Path | None) -> Path:
     """One point: its precondition, then (valid setups only) the whole beyond_gt.py run, each reused when its JSON
-    exists (with ``--both``, when it has filtering and IQP together too). Returns the point's work folder."""
+    exists. Returns the point's work folder."""
     out = point_dir(Path(args.out), fraction, lq_from)
     work = beyond_gt.work_dir(out, args.budget, lq_from, fraction)
     if source is not None and source != work:
         share_oracle(source, work)
     argv = ["--data", args.data, "--budget", args.budget, "--recipe", args.recipe, "--hosts", args.hosts,
             "--contaminate", f"{fraction:g}", "--lq-from", lq_from, "--no-ablations", "--jobs", str(args.jobs),
-            "--device", args.device, "--out", str(out)] + (["--both"] if args.both else [])
-    full = out / "beyond_gt.json"
-    if full.exists() and (not args.both or all(beyond_gt.FILTERED_LONGER in fam["results"]
-                                                for fam in json.loads(full.read_text())["families"].values())):
+            "--device", args.device, "--out", str(out)]
+    if (out / "beyond_gt.json").exists():
         return work
     if not (out / "precondition.json").exists():
         beyond_gt.main([*argv, "--precondition"])
@@ -140,15 +135,14 @@ def rows_of(points: dict) -> list[dict]:
             res, tg = fam["results"], fam["targets"]
             t2, t3 = tg["2 the prior beats more training"], tg["3 it holds up against filtering"]
             rows.append({"lq_from": lq_from, "fraction": fraction, "family": family,
-                         "psnr": {s: res[s]["psnr"] for s in ("input (LQ)", *SYSTEMS) if s in res},
-                         "sharpness": {s: res[s]["sharpness"] for s in SYSTEMS if s in res},
+                         "psnr": {s: res[s]["psnr"] for s in ("input (LQ)", *SYSTEMS)},
+                         "sharpness": {s: res[s]["sharpness"] for s in SYSTEMS},
                          "rho": tg["1 the score steers"]["spearman"]["psnr"], "valid": t2["setup valid"],
                          "gap closed": t2["gap closed"],
                          "vs host filtering": tg["paired"][beyond_gt.HOST_FILTERING]["psnr"],
                          "vs plug-in filtering": tg["paired"][beyond_gt.PLUGIN_FILTERING]["psnr"],
                          "verdict vs host filtering": t3["verdict vs host filtering"],
                          "verdict vs plug-in filtering": t3["verdict vs plug-in filtering"],
-                         **{f"both vs {label}": tg.get(f"5 both - {base}", {}).get("psnr") for label, base in BOTH_VS},
                          "top contaminated": data["meta"]["top_contaminated_fraction"],
                          "wall_s": data["meta"]["wall_s"]})
     return rows
@@ -198,28 +192,23 @@ def _stat(stat: dict | None, digits: int, sign: str = "") -> str:
 
 def markdown(rows: list[dict], meta: dict) -> str:
     header = ["inputs from", "fraction", "input (LQ)", *SYSTEMS, "top set contaminated", "IQP - host filtering",
-              "IQP - plug-in filtering", *(f"both - {label}" for label, _ in BOTH_VS), "ρ", "valid", "point (min)"]
+              "IQP - plug-in filtering", "ρ", "valid", "point (min)"]
     table = []
     for r in rows:
         full = not r.get("precondition only")
         verdicts = [f"{_stat(r[f'vs {b}'], 3, '+')} ({r[f'verdict vs {b}']})" if full else "-"
                     for b in ("host filtering", "plug-in filtering")]
-        for label, _ in BOTH_VS:
-            both = r.get(f"both vs {label}")
-            verdicts.append(f"{_stat(both, 3, '+')} ({both['verdict']})" if both else "-")
         psnr = (_stat(r["psnr"].get(s), 2) for s in ("input (LQ)", *SYSTEMS))
         table.append([r["lq_from"], f"{r['fraction']:g}", *psnr,
                       f"{100 * r['top contaminated']:.1f}%", *verdicts, f"{r['rho']:+.2f}" if full else "-",
                       "yes" if r["valid"] else "no", f"{r['wall_s'] / 60:.0f}" if full else "precondition only"])
     return "\n".join([f"# Regime map: recipe `{meta['recipe']}`, budget {meta['budget']}", "",
                       "PSNR against the pristine held-out images (mean ± s.e.); host + IQP at the target score; paired "
-                      "differences of host + IQP with their verdicts (better / worse beyond 2 s.e.); both: IQP around "
-                      "the host on top-scored GT (filter, then the prior), against that host and against it fine-tuned "
-                      "as long again, where measured. Valid: host ≥ "
+                      "differences of host + IQP with their verdicts (better / worse beyond 2 s.e.). Valid: host ≥ "
                       "input + 1 dB and oracle ≥ host + 0.5 dB; a point that is not valid stops after its host and "
                       "oracle. Top set contaminated: the share of contaminated targets among the top-scored ones "
                       "that filtering trains on. Point: the wall time of its beyond_gt.py run (what a rerun reused "
-                      f"is not counted). The last invocation took {meta['wall_s'] / 60:.0f} min.", "",
+                      f"is not counted). This grid took {meta['wall_s'] / 60:.0f} min.", "",
                       markdown_table(header, table), "", f"![map]({meta['figure']})"])
 
 
@@ -233,9 +222,6 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--budget", default="small", choices=beyond_gt.BUDGETS)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--both", action="store_true",
-                   help="at the valid points, also IQP around the filtering host (beyond_gt.py --both); a finished "
-                        "point without it is completed, everything it trained reused")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "regime_map"))
     args = p.parse_args(argv)
     try:

@@ -150,30 +150,6 @@ def test_plugin_filtering_is_the_recipes_plugin_on_the_top_targets_without_the_s
                                                       "/models/net_g_latest.pth")
 
 
-def test_both_is_iqp_around_the_filtering_host():
-    """--both: IQP's three stages, options, data and scores unchanged, around the filtering host (so they start once
-    it is trained), and the filtering host fine-tuned as long again (its control); without --both none is trained."""
-    iters = beyond_gt.BUDGETS["small"]["iters"]
-    assert not set(beyond_gt.BOTH_STAGES) & set(beyond_gt.trainings("sw", iters))
-    jobs = beyond_gt.trainings("sw", iters, ablations=False, both=True)
-    filtered = f"experiments/{beyond_gt.control_names('sw', iters)['filtered']}/models/net_g_latest.pth"
-    own = ("name", "path:pretrain_network_g", "network_g:host_checkpoint")
-    for i, stage in enumerate(beyond_gt.STAGES):
-        config, iqp = jobs[stage]
-        both_config, both = jobs[f"both_{stage}"]
-        assert both_config == config and both["network_g:host_checkpoint"] == filtered
-        assert {k: v for k, v in both.items() if k not in own} == {k: v for k, v in iqp.items() if k not in own}
-        assert both.get("path:pretrain_network_g") == (
-            f"experiments/bgt_sw_pixel_both_{beyond_gt.STAGES[i - 1]}/models/net_g_latest.pth" if i else None)
-    assert beyond_gt.NEEDS["both_codebook"] == beyond_gt.NEEDS["filtered_longer"] == ("filtered",)
-    extra = sum(iters[s] for s in beyond_gt.STAGES)
-    (config, longer), (_, filtering) = jobs["filtered_longer"], jobs["filtered"]
-    assert config == "sw_host" and longer["name"] == f"bgt_sw_filtered_i{2 * extra}"
-    assert longer["path:pretrain_network_g"] == f"experiments/bgt_sw_filtered_i{extra}/models/net_g_latest.pth"
-    assert {k: v for k, v in longer.items() if k not in ("name", "path:pretrain_network_g")} == {
-        k: v for k, v in filtering.items() if k not in ("name", "path:pretrain_network_g")}
-
-
 def test_the_oracle_trains_as_long_as_the_longest_system():
     """The oracle: the host's schedule on the pristine GT, then as many iterations again as the host trained further
     (the plug-in's three stages), from there, at the same learning rate."""
